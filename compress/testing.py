@@ -1,0 +1,91 @@
+"""Offline fixtures: tiny randomly initialised models and a character tokenizer, built in code.
+
+Used by the unit tests (no downloads; set HF_HUB_OFFLINE=1) and handy for trying a recipe
+without the real model: `save_tiny_llama(path)` writes a local HF directory a recipe can name.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+from compress.handle import ModelHandle, ModelSource
+
+TEXT = (
+    " = Tiny corpus = \n\n The quick brown fox jumps over the lazy dog . It was 1999 and the "
+    "weather was fine ; a model with 2 layers learns little , but it runs fast .\n"
+)
+
+
+def tiny_tokenizer():
+    """A character-level fast tokenizer (printable ASCII + specials), no files needed."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = sorted(set(string.printable))
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
+    for c in chars:
+        vocab.setdefault(c, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+
+
+def tiny_llama_config(**overrides):
+    from transformers import LlamaConfig
+
+    cfg = dict(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
+    cfg.update(overrides)
+    return LlamaConfig(**cfg)
+
+
+def tiny_llama(seed: int = 0, **overrides):
+    """A 2-layer Llama (hidden 64, vocab 128, tied embeddings) with random weights, fp32, eval mode."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_llama_config(**overrides)).eval()
+    return model
+
+
+def tiny_handle(seed: int = 0, **overrides) -> ModelHandle:
+    model = tiny_llama(seed, **overrides)
+    return ModelHandle(
+        model=model,
+        tokenizer=tiny_tokenizer(),
+        source=ModelSource(spec="tiny-llama", kind="local_dir", note="random tiny Llama (tests)"),
+        dtype="float32",
+        device="cpu",
+    )
+
+
+def save_tiny_llama(path: str | Path, seed: int = 0) -> Path:
+    """Write a tiny Llama + tokenizer as a local HF directory (safetensors)."""
+    path = Path(path)
+    tiny_llama(seed).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+def tiny_text_file(path: str | Path, repeats: int = 40) -> Path:
+    """A small WikiText-like file for offline eval tests."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(TEXT * repeats, encoding="utf-8")
+    return path
