@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -43,7 +43,9 @@ KNOWN_METRICS: dict[str, str] = {
 class Calibration(Strict):
     """Calibration text for methods that need activations (GPTQ, AWQ, SmoothQuant...)."""
 
-    dataset: str = Field("wikitext2-calib", description="named set, local text/jsonl file or hub id")
+    dataset: str = Field(
+        "wikitext2-calib", description="named set, local text/jsonl file or hub id"
+    )
     samples: int = Field(128, ge=1)
     seq_len: int = Field(512, ge=8)
     seed: int = 0
@@ -52,7 +54,9 @@ class Calibration(Strict):
 class PerplexityEval(Strict):
     """Perplexity over non-overlapping windows of the joined test split (see report)."""
 
-    seq_len: int | None = Field(None, ge=16, description="window length; default min(2048, model max)")
+    seq_len: int | None = Field(
+        None, ge=16, description="window length; default min(2048, model max)"
+    )
     max_windows: int | None = Field(None, ge=1, description="score only the first N windows")
     quick_windows: int = Field(4, ge=1, description="max_windows under --quick")
 
@@ -80,7 +84,9 @@ class ProfileConfig(Strict):
     quick_repeats: int = Field(3, ge=2)
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; default all cores")
     power_watts: float | None = Field(
-        None, gt=0, description="stated device power; used only to ESTIMATE energy when none is measured"
+        None,
+        gt=0,
+        description="stated device power; used only to ESTIMATE energy when none is measured",
     )
     enabled: bool = True
 
@@ -132,7 +138,14 @@ class Gate(Strict):
         return float(getattr(self, self.kind))
 
 
-THRESHOLDS = ("max_relative_increase", "max_increase", "min_ratio", "max_ratio", "max_value", "min_value")
+THRESHOLDS = (
+    "max_relative_increase",
+    "max_increase",
+    "min_ratio",
+    "max_ratio",
+    "max_value",
+    "min_value",
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
@@ -154,7 +167,9 @@ class Recipe(Strict):
     @classmethod
     def _slug(cls, v: str) -> str:
         if not _NAME.match(v):
-            raise ValueError("expected letters, digits, '.', '_' or '-' (a folder name), 1-80 chars")
+            raise ValueError(
+                "expected letters, digits, '.', '_' or '-' (a folder name), 1-80 chars"
+            )
         return v
 
 
@@ -271,3 +286,26 @@ def format_validation_error(err: ValidationError, data: Any, source: str) -> str
     head = f"Recipe '{source}' has {n} problem{'s' if n > 1 else ''}:"
     tail = "Fix the field(s) named above; `compress schema` prints every field and its type."
     return head + "\n  - " + "\n  - ".join(lines) + "\n" + tail
+
+
+def parse_gates(path: str | Path) -> list[Gate]:
+    """Read gates from a YAML file holding `gates: [...]` or a bare list."""
+    p = Path(path)
+    if not p.is_file():
+        raise BadInput(f"Gates file '{p}' does not exist.", fix="Pass a YAML file with gates:.")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise BadInput(f"Gates file '{p}' is not valid YAML: {e}.") from None
+    if isinstance(data, dict) and set(data) == {"gates"}:
+        data = data["gates"]
+    if not isinstance(data, list):
+        raise BadInput(f"Gates file '{p}' must hold a list of gates (or `gates: [...]`).")
+
+    class _Gates(Strict):
+        gates: list[Gate]
+
+    try:
+        return _Gates.model_validate({"gates": data}).gates
+    except ValidationError as e:
+        raise BadInput(format_validation_error(e, {"gates": data}, str(p))) from None

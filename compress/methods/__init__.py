@@ -1,0 +1,38 @@
+"""The METHODS table: one line per method. Configs import no torch; `apply` functions import
+their heavy dependencies when called, so `compress validate` and `--help` stay light."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from compress.methods.dynamic_int8 import DynamicInt8Config
+from compress.methods.rtn import RTNConfig
+
+#: method name -> (config class, module holding `apply(handle, config, calibration)`)
+METHODS: dict[str, tuple[type, str]] = {
+    "rtn": (RTNConfig, "compress.methods.rtn"),
+    "dynamic_int8": (DynamicInt8Config, "compress.methods.dynamic_int8"),
+}
+
+StageConfig = Annotated[RTNConfig | DynamicInt8Config, Field(discriminator="method")]
+
+
+def method_names() -> list[str]:
+    return list(METHODS)
+
+
+def config_class(name: str) -> type | None:
+    entry = METHODS.get(name)
+    return entry[0] if entry else None
+
+
+def get_apply(name: str) -> Callable[..., dict[str, Any]]:
+    return importlib.import_module(METHODS[name][1]).apply
+
+
+def needs_calibration(config: Any) -> bool:
+    return bool(getattr(config, "needs_calibration", False))

@@ -1,0 +1,134 @@
+"""`rtn`: round-to-nearest weight-only quantization (int8 per channel, int4 per group).
+
+Weights are stored for real as int8 / packed int4 buffers and run on PyTorch's own int8 and
+int4 matmul kernels (see compress/quant/modules.py). A tied input embedding follows its
+lm_head when the lm_head is quantized to int8: both read one int8 matrix.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, model_validator
+
+from compress._config import StageBase
+
+if TYPE_CHECKING:
+    from compress.handle import ModelHandle
+
+log = logging.getLogger(__name__)
+
+INT4_GROUP_SIZES = (32, 64, 128, 256)  # what the int4 kernels accept (quant/modules.py)
+
+
+class RTNConfig(StageBase):
+    method: Literal["rtn"] = "rtn"
+    bits: Literal[4, 8]
+    group_size: int | None = Field(
+        None, description="inputs per scale; null = one scale per output channel (int8 only)"
+    )
+    symmetric: bool = Field(True, description="false = min/max grid with a float zero point")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="activation dtype; the CPU int8/int4 kernels are fast in bfloat16"
+    )
+
+    @model_validator(mode="after")
+    def _kernel_constraints(self) -> RTNConfig:
+        if self.bits == 8 and (self.group_size is not None or not self.symmetric):
+            raise ValueError(
+                "bits 8 runs on the per-channel symmetric int8 kernel: set group_size: null "
+                "and symmetric: true"
+            )
+        if self.bits == 4 and self.group_size not in INT4_GROUP_SIZES:
+            raise ValueError(
+                f"bits 4 needs group_size in {list(INT4_GROUP_SIZES)} (int4 kernel groups); "
+                f"got {self.group_size}"
+            )
+        return self
+
+
+def _tied_embedding(model, lm_head):
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if emb is not None and getattr(emb, "weight", None) is lm_head.weight:
+        return emb
+    return None
+
+
+def apply(handle: ModelHandle, cfg: RTNConfig, calibration=None) -> dict:
+    import torch
+    from torch import nn
+    from tqdm.auto import tqdm
+
+    from compress.errors import StageFailed
+    from compress.methods.targets import cast_float_parts, select, set_module
+    from compress.quant.grid import quantize
+    from compress.quant.modules import Int4Linear, Int8Embedding, Int8Linear
+
+    t0 = time.perf_counter()
+    model = handle.model
+    dtype = getattr(torch, cfg.compute_dtype)
+    chosen = {
+        n: m
+        for n, m in select(model, cfg.targets, cfg.ignore, stage="rtn").items()
+        if isinstance(m, nn.Linear)
+    }
+    if not chosen:
+        raise StageFailed(
+            f"rtn: targets {cfg.targets} (minus ignore {cfg.ignore}) match no nn.Linear layer.",
+            fix="Target Linear layers, e.g. targets: [Linear].",
+        )
+    if cfg.group_size:
+        bad = [
+            f"{n} (in_features {m.in_features})"
+            for n, m in chosen.items()
+            if m.in_features % cfg.group_size
+        ]
+        if bad:
+            raise StageFailed(
+                f"rtn.group_size {cfg.group_size} does not divide the input features of "
+                f"{len(bad)} layer(s): {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}.",
+                fix="Pick a group size that divides them (e.g. 32 or 64 for SmolLM2's 576), "
+                "or add those layers to ignore.",
+            )
+    lm_head = getattr(model, "get_output_embeddings", lambda: None)()
+    notes: list[str] = []
+    n_params = 0
+    for name, lin in tqdm(
+        list(chosen.items()), desc=f"rtn int{cfg.bits}", unit="layer", leave=False
+    ):
+        qt = quantize(lin.weight, cfg.bits, cfg.group_size, cfg.symmetric)
+        if not (torch.isfinite(qt.scale).all() and torch.isfinite(qt.zero).all()):
+            raise StageFailed(f"rtn: layer '{name}' has non-finite weights or scales.")
+        new = (Int8Linear if cfg.bits == 8 else Int4Linear).from_float(lin, qt, dtype)
+        tied = _tied_embedding(model, lin) if lin is lm_head else None
+        set_module(model, name, new)
+        n_params += lin.weight.numel()
+        if tied is not None and cfg.bits == 8:
+            emb_name = next(n for n, m in model.named_modules() if m is tied)
+            scale = getattr(tied, "embed_scale", None)
+            scale = float(scale) if scale is not None else None
+            set_module(model, emb_name, Int8Embedding(new, dtype, scale))
+            notes.append(f"tied {emb_name} + {name} stored once as int8 per row")
+        elif tied is not None:
+            notes.append(
+                f"{name} untied from the input embedding, which stays in {cfg.compute_dtype}"
+                " (no int4 embedding lookup): the embedding is NOT compressed"
+            )
+    cast_float_parts(model, dtype)
+    handle.dtype = cfg.compute_dtype
+    kernel = {8: "aten._weight_int8pack_mm", 4: "aten._weight_int4pack_mm"}[cfg.bits]
+    grid = "symmetric" if cfg.symmetric else "asymmetric (min/max, float zero)"
+    return {
+        "method": "rtn",
+        "summary": f"int{cfg.bits} {grid}, "
+        + (f"group {cfg.group_size}" if cfg.group_size else "per channel")
+        + f", {len(chosen)} Linear layers ({n_params / 1e6:.1f}M weights)",
+        "layers": len(chosen),
+        "weights_quantized": n_params,
+        "kernel": kernel + ("_for_cpu" if cfg.bits == 4 and handle.device == "cpu" else ""),
+        "compute_dtype": cfg.compute_dtype,
+        "notes": notes + [f"float parts of the model now compute in {cfg.compute_dtype}"],
+        "seconds": time.perf_counter() - t0,
+    }

@@ -1,0 +1,73 @@
+"""One way to pick modules: class name, exact module name or `re:` regex, minus `ignore`."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from torch import nn
+
+from compress.errors import BadInput, did_you_mean
+
+log = logging.getLogger(__name__)
+
+
+def matches(pattern: str, name: str, module: nn.Module) -> bool:
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    return pattern == name or pattern == type(module).__name__
+
+
+def select(
+    model: nn.Module, targets: list[str], ignore: list[str], *, stage: str = "stage"
+) -> dict[str, nn.Module]:
+    """Modules matched by any target and by no ignore entry, in model order.
+
+    A target that matches nothing is an error (a typo would otherwise silently do nothing);
+    an ignore entry that matches nothing is only logged.
+    """
+    named = [(n, m) for n, m in model.named_modules() if n]
+    for field_name, patterns in (("targets", targets), ("ignore", ignore)):
+        for p in patterns:
+            if p.startswith("re:"):
+                try:
+                    re.compile(p[3:])
+                except re.error as e:
+                    raise BadInput(
+                        f"{stage}.{field_name}: '{p}' is not a valid regex ({e})."
+                    ) from None
+            if any(matches(p, n, m) for n, m in named):
+                continue
+            if field_name == "ignore":
+                log.info("%s.ignore entry %r matches no module", stage, p)
+                continue
+            words = sorted({type(m).__name__ for _, m in named} | {n for n, _ in named})
+            raise BadInput(
+                f"{stage}.targets: '{p}' matches no module of this model{did_you_mean(p, words)}.",
+                fix="Use a class name (e.g. Linear), an exact module name (e.g. lm_head) or "
+                "'re:<regex>' on module names.",
+            )
+    return {
+        n: m
+        for n, m in named
+        if any(matches(p, n, m) for p in targets) and not any(matches(p, n, m) for p in ignore)
+    }
+
+
+def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def cast_float_parts(model: nn.Module, dtype) -> None:
+    """Cast floating parameters and persistent buffers; leave derived buffers (rotary
+    inv_freq, which HF keeps in float32 on purpose) and integer storage alone."""
+    for module in model.modules():
+        for _, p in module.named_parameters(recurse=False):
+            if p.is_floating_point() and p.dtype != dtype:
+                p.data = p.data.to(dtype)
+        skip = getattr(module, "_non_persistent_buffers_set", set())
+        for name, b in module.named_buffers(recurse=False):
+            if b is not None and b.is_floating_point() and name not in skip and b.dtype != dtype:
+                module._buffers[name] = b.to(dtype)

@@ -1,0 +1,261 @@
+"""One pass, top to bottom: recipe -> baseline -> stages -> eval -> profile -> report -> gates."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import hashlib
+import json
+import logging
+import time
+import traceback
+from pathlib import Path
+
+from compress import __version__, stats
+from compress.data import WIKITEXT2_DEFINITION, token_windows, wikitext2_test
+from compress.environment import DEFINITIONS, environment, resolve_device
+from compress.errors import CompressError, StageFailed
+from compress.handle import ModelHandle
+from compress.recipe import Recipe
+from compress.report.io import atomic_write_text, new_run_dir, utc_stamp
+from compress.report.schema import Measurement, Report, RunRecord
+
+log = logging.getLogger(__name__)
+
+COST_GROUPS = ("decode.", "prefill.", "memory.", "weights.", "disk.", "energy.", "cost.")
+
+
+def apply(
+    recipe: Recipe,
+    *,
+    recipe_text: str = "",
+    out_root: str | Path = "reports",
+    device: str = "auto",
+    quick: bool = False,
+    data_dir: str | None = None,
+    progress: bool = True,
+    argv: list[str] | None = None,
+) -> tuple[Report, Path]:
+    """Run the recipe; write reports/<name>/<UTC>/report.{json,md} + model/. Never overwrites."""
+    device = resolve_device(device)
+    run_dir = new_run_dir(out_root, recipe.name)
+    run = {
+        "id": run_dir.name,
+        "out_dir": str(run_dir),
+        "started_at": utc_stamp(),
+        "quick": quick,
+        "argv": argv or [],
+        "status": "running",
+    }
+    t0 = time.perf_counter()
+    try:
+        report = _run(recipe, recipe_text, run, run_dir, device, quick, data_dir, progress)
+    except BaseException as e:
+        run.update(
+            status="failed", wall_s=time.perf_counter() - t0, error=f"{type(e).__name__}: {e}"
+        )
+        if not isinstance(e, CompressError | KeyboardInterrupt):
+            run["traceback"] = traceback.format_exc()
+        atomic_write_text(
+            run_dir / "failure.json",
+            json.dumps(
+                {"run": run, "recipe": recipe.model_dump(mode="json")}, indent=2, default=str
+            ),
+        )
+        raise
+    return report, run_dir
+
+
+def _run(recipe, recipe_text, run, run_dir: Path, device, quick, data_dir, progress) -> Report:
+    import torch
+
+    from compress import models
+    from compress.cost import cost_measurement, summarize
+    from compress.evaluate.perplexity import evaluate_perplexity
+    from compress.gate import check, exit_code
+    from compress.methods import get_apply
+    from compress.profile import profile_in_subprocess
+    from compress.profile.memory import dir_bytes, weight_bytes
+    from compress.quant.serialize import save_compressed
+    from compress.report.compare import compare
+    from compress.report.markdown import render
+
+    t0 = time.perf_counter()
+    ev = recipe.eval
+    text = wikitext2_test(data_dir or ev.data_dir) if ev.wikitext2 else None
+
+    log.info("loading baseline %s", recipe.model)
+    base = models.load(
+        recipe.model, dtype="float32", device=device, trust_remote_code=recipe.trust_remote_code
+    )
+    data = []
+    windows = None
+    if text is not None:
+        seq_len = ev.wikitext2.seq_len or min(2048, base.max_positions or 2048)
+        max_w = ev.wikitext2.quick_windows if quick else ev.wikitext2.max_windows
+        windows, n_tokens, ids_sha = token_windows(base.tokenizer, text.text, seq_len, max_w)
+        data.append(
+            dict(
+                text.describe(),
+                tokens_total=n_tokens,
+                seq_len=seq_len,
+                windows=int(windows.shape[0]),
+                token_ids_sha256=ids_sha,
+            )
+        )
+
+    torch.manual_seed(recipe.seed)
+    comp = ModelHandle(
+        model=copy.deepcopy(base.model),
+        tokenizer=base.tokenizer,
+        source=base.source,
+        dtype=base.dtype,
+        device=device,
+    )
+    for i, stage in enumerate(recipe.stages):
+        log.info("stage %d: %s", i, stage.method)
+        try:
+            record = get_apply(stage.method)(comp, stage, None)
+        except CompressError:
+            raise
+        except Exception as e:
+            raise StageFailed(
+                f"stages.{i} ({stage.method}) failed: {type(e).__name__}: {e}",
+                fix="Run with --debug for the traceback.",
+            ) from e
+        comp.stages.append(dict(record, config=stage.model_dump(mode="json")))
+    model_dir = save_compressed(comp, run_dir / "model")
+
+    base_ms: list[dict] = [
+        _exact(
+            "weights.bytes",
+            weight_bytes(base.model),
+            "bytes",
+            "parameters and buffers as held in memory, shared storage once",
+        )
+    ]
+    comp_ms: list[dict] = [
+        _exact(
+            "weights.bytes",
+            weight_bytes(comp.model),
+            "bytes",
+            "parameters and buffers as held in memory, shared storage once",
+        )
+    ]
+    paired = {}
+    if windows is not None:
+        res = evaluate_perplexity(
+            base.model,
+            comp.model,
+            windows,
+            device=device,
+            kld=ev.kld is not None and ev.kld.enabled,
+            progress=progress,
+        )
+        base_ms += res["baseline"]
+        comp_ms += res["compressed"]
+        pw = res["per_window"]
+        paired = {
+            "wikitext2.perplexity": (pw["nll_base"], pw["nll_comp"]),
+            "wikitext2.nll": (pw["nll_base"], pw["nll_comp"]),
+        }
+    del base.model, comp.model
+    gc.collect()
+
+    contexts: dict[str, dict] = {}
+    if recipe.profile.enabled:
+        for label, spec, dtype, ms in (
+            ("baseline", recipe.model, "float32", base_ms),
+            ("compressed", str(model_dir), comp.dtype, comp_ms),
+        ):
+            log.info("profiling %s in a fresh process", label)
+            prof = profile_in_subprocess(
+                spec, recipe.profile, quick=quick, dtype=dtype, device=device
+            )
+            ms += [m for m in prof["measurements"] if m["name"] != "weights.bytes"]
+            contexts[label] = prof.get("context", {})
+    src_bytes = base.source.file_bytes
+    base_ms.append(
+        _exact(
+            "disk.artifact_bytes",
+            src_bytes,
+            "bytes",
+            f"size of the source weights file ({base.source.kind})",
+        )
+    )
+    comp_ms.append(
+        _exact(
+            "disk.artifact_bytes",
+            dir_bytes(model_dir),
+            "bytes",
+            "size of the saved compressed model folder",
+        )
+    )
+
+    baseline = RunRecord(
+        label="baseline",
+        model=base.source.describe(),
+        dtype=base.dtype,
+        measurements=[Measurement(**m) for m in base_ms],
+        context=contexts.get("baseline", {}),
+    )
+    compressed = RunRecord(
+        label="compressed",
+        model={"spec": str(model_dir), "kind": "compressed"},
+        dtype=comp.dtype,
+        stages=comp.stages,
+        measurements=[Measurement(**m) for m in comp_ms],
+        context=contexts.get("compressed", {}),
+    )
+    for rec in (baseline, compressed):
+        rec.measurements.append(cost_measurement(rec, recipe.cost))
+    comparisons = compare(baseline, compressed, paired)
+    gates = check(recipe.gates, comparisons, compressed)
+    code = exit_code(gates)
+    run.update(status="ok", finished_at=utc_stamp(), wall_s=time.perf_counter() - t0)
+    recipe_dump = recipe.model_dump(mode="json")
+    recipe_dump["_sha256"] = hashlib.sha256(recipe_text.encode()).hexdigest()
+    recipe_dump["_text"] = recipe_text
+    report = Report(
+        tool={"name": "compress", "version": __version__},
+        run=run,
+        recipe=recipe_dump,
+        environment=environment(device),
+        data=data,
+        definitions=dict(DEFINITIONS, **{"wikitext2.perplexity": WIKITEXT2_DEFINITION}),
+        baseline=baseline,
+        compressed=compressed,
+        comparisons=comparisons,
+        cost=summarize(comparisons, recipe.cost),
+        gates=gates,
+        exit_code=code,
+        notes=_notes(base, comparisons, quick, data),
+    )
+    atomic_write_text(run_dir / "report.json", report.model_dump_json(indent=2))
+    atomic_write_text(run_dir / "report.md", render(report))
+    return report
+
+
+def _exact(name: str, value, unit: str, method: str) -> dict:
+    if value is None:
+        return stats.unavailable(name, unit, False, "size unknown for this source", method)
+    return stats.exact(name, value, unit, False, method)
+
+
+def _notes(base, comparisons, quick: bool, data: list[dict]) -> list[str]:
+    notes = []
+    if base.source.note:
+        notes.append(base.source.note)
+    if quick and data:
+        notes.append(
+            f"--quick: quality scored on {data[0]['windows']} window(s) only and "
+            "fewer timed repeats; intervals are wide, treat figures as indicative."
+        )
+    for c in comparisons:
+        cost_metric = c.metric.startswith(COST_GROUPS)
+        if cost_metric and c.verdict in ("worse", "no significant change"):
+            notes.append(
+                f"{c.metric} did NOT improve ({c.verdict}): baseline "
+                f"{c.baseline:.4g}, compressed {c.compressed:.4g} {c.unit}."
+            )
+    return notes

@@ -1,0 +1,176 @@
+"""Memory: process RSS sampled in the background, CUDA allocator peaks, bytes of weights and files.
+
+RSS is process-wide: to attribute it to one model, profile in a fresh process
+(`compress.profile.worker`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class RssSampler:
+    """Samples this process's resident set size every `interval_s` on a daemon thread.
+
+    `start` is the RSS on entry, `peak` the largest RSS seen (sampled on entry, every interval
+    and on exit), `samples` how many readings were taken.
+    """
+
+    def __init__(self, interval_s: float = 0.005):
+        import psutil
+
+        self.interval_s = interval_s
+        self._proc = psutil.Process()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.start = 0
+        self.peak = 0
+        self.samples = 0
+
+    def _read(self) -> int:
+        rss = self._proc.memory_info().rss
+        self.samples += 1
+        if rss > self.peak:
+            self.peak = rss
+        return rss
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._read()
+
+    def __enter__(self) -> RssSampler:
+        self.start = self._read()
+        self.peak = self.start
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._read()
+
+    @property
+    def delta(self) -> int:
+        """Peak minus start, bytes."""
+        return self.peak - self.start
+
+
+def current_rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+@dataclass
+class CudaPeaks:
+    peak_allocated: int | None = None
+    peak_reserved: int | None = None
+
+
+@contextlib.contextmanager
+def cuda_memory(device: Any = None) -> Iterator[CudaPeaks]:
+    """Reset torch's CUDA peak statistics, run the block, then read the peaks (bytes).
+
+    Only for CUDA runs; the fields stay None when CUDA is not available.
+    """
+    import torch
+
+    peaks = CudaPeaks()
+    if not torch.cuda.is_available():
+        yield peaks
+        return
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    try:
+        yield peaks
+    finally:
+        torch.cuda.synchronize(device)
+        peaks.peak_allocated = int(torch.cuda.max_memory_allocated(device))
+        peaks.peak_reserved = int(torch.cuda.max_memory_reserved(device))
+
+
+def _leaf_tensors(t: Any) -> Iterator[Any]:
+    """The plain tensors holding `t`'s data (unwraps tensor subclasses such as torchao's)."""
+    try:
+        from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+    except ImportError:  # pragma: no cover - very old torch
+        yield t
+        return
+    if is_traceable_wrapper_subclass(t):
+        names, _ = t.__tensor_flatten__()
+        for name in names:
+            yield from _leaf_tensors(getattr(t, name))
+    else:
+        yield t
+
+
+def _persistent_tensors(model: Any) -> Iterator[Any]:
+    for _name, p in model.named_parameters(remove_duplicate=False):
+        yield p
+    for module in model.modules():
+        skip = getattr(module, "_non_persistent_buffers_set", set())
+        for name, buf in module._buffers.items():
+            if buf is not None and name not in skip:
+                yield buf
+
+
+def weight_bytes(model: Any) -> int:
+    """Bytes of weights as held in memory: parameters and persistent buffers (int8 / packed
+    quantized weights are usually buffers), each underlying storage counted once (tied
+    embeddings share one). Non-persistent buffers (derived, e.g. rotary `inv_freq`) are skipped.
+    Modules that keep weights in opaque packed objects report them via `weight_nbytes()`.
+    """
+    seen: set[tuple[str, int]] = set()
+    total = 0
+    for module in model.modules():  # weights held outside parameters/buffers (torch.ao packed)
+        if hasattr(module, "weight_nbytes"):
+            total += int(module.weight_nbytes())
+    for t in _persistent_tensors(model):
+        for leaf in _leaf_tensors(t):
+            if leaf.device.type == "meta":
+                key = ("meta", id(leaf))
+                size = leaf.numel() * leaf.element_size()
+            else:
+                storage = leaf.untyped_storage()
+                key = (str(leaf.device), storage.data_ptr())
+                size = storage.nbytes()
+            if size == 0 or key in seen:
+                continue
+            seen.add(key)
+            total += int(size)
+    return total
+
+
+def dir_bytes(path: str | os.PathLike[str]) -> int:
+    """Size on disk of a file, or of every file under a folder (symlinks followed, each inode
+    counted once, so a Hugging Face cache snapshot counts its blobs)."""
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    if not p.is_dir():
+        raise FileNotFoundError(f"no file or folder at '{p}'")
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for root, _dirs, files in os.walk(p, followlinks=False):
+        for name in files:
+            try:
+                st = (Path(root) / name).stat()
+            except OSError as e:
+                log.warning("dir_bytes: cannot stat %s: %s", Path(root) / name, e)
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key not in seen:
+                seen.add(key)
+                total += st.st_size
+    return total

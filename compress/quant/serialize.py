@@ -1,0 +1,185 @@
+"""The saved form of a compressed model: a folder any `compress` command can load back.
+
+    config.json, tokenizer files       as transformers writes them
+    model.safetensors                  float tensors + each quantized module's portable tensors
+                                       (int8 codes, int4 codes packed two per byte, scales, zeros)
+    compress_quant.json                which module is which kind, tied names, stages, source
+
+Loading rebuilds the architecture from config.json, swaps in the quantized modules and
+fills them from safetensors; no pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from compress.handle import ModelHandle, ModelSource
+from compress.methods.targets import set_module
+from compress.quant.dynamic import DynamicInt8Linear
+from compress.quant.modules import Int4Linear, Int8Embedding, Int8Linear
+from compress.report.io import _umask
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "compress_quant.json"
+FORMAT_VERSION = 1
+_EXPORTABLE = (Int8Linear, Int4Linear, DynamicInt8Linear)
+
+
+def _module_spec(m: nn.Module, model: nn.Module) -> dict[str, Any]:
+    spec: dict[str, Any] = {"kind": m.kind}
+    if isinstance(m, Int8Embedding):
+        src = m.weight_source
+        spec["shares"] = next(n for n, x in model.named_modules() if x is src)
+        spec["embed_scale"] = m.embed_scale
+        return spec
+    spec.update(in_features=m.in_features, out_features=m.out_features)
+    spec["bias"] = getattr(m, "bias", None) is not None or getattr(m, "has_bias", False)
+    if isinstance(m, Int4Linear):
+        spec["group_size"] = m.group_size
+    return spec
+
+
+def save_compressed(handle: ModelHandle, out_dir: str | Path) -> Path:
+    """Write the model to `out_dir` atomically (a temp folder renamed at the end)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} exists; compressed models are never overwritten")
+    model = handle.model
+    quant = {n: m for n, m in model.named_modules() if getattr(m, "kind", None)}
+    tensors: dict[str, torch.Tensor] = {}
+    seen: dict[int, str] = {}
+    tied: dict[str, str] = {}
+    for name, m in quant.items():
+        if isinstance(m, _EXPORTABLE):
+            for k, t in m.export().items():
+                tensors[f"{name}.{k}"] = t.detach().cpu().contiguous()
+    inside_quant = tuple(f"{n}." for n in quant)
+    for name, t in list(model.named_parameters(remove_duplicate=False)) + _persistent_buffers(
+        model
+    ):
+        if name.startswith(inside_quant):
+            continue
+        key = t.untyped_storage().data_ptr()
+        if key in seen:
+            tied[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = t.detach().cpu().contiguous()
+    manifest = {
+        "format": "compress",
+        "version": FORMAT_VERSION,
+        "compute_dtype": handle.dtype,
+        "modules": {n: _module_spec(m, model) for n, m in quant.items()},
+        "tied": tied,
+        "stages": handle.stages,
+        "source": handle.source.describe(),
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        cfg = model.config
+        for attr in ("quantization_config",):
+            if hasattr(cfg, attr):
+                delattr(cfg, attr)
+        cfg.save_pretrained(tmp)
+        if handle.tokenizer is not None:
+            handle.tokenizer.save_pretrained(tmp)
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+        os.chmod(tmp, 0o777 & ~_umask())
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~_umask())
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _persistent_buffers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    out = []
+    for mname, mod in model.named_modules():
+        skip = getattr(mod, "_non_persistent_buffers_set", set())
+        for bname, b in mod.named_buffers(recurse=False):
+            if b is not None and bname not in skip:
+                out.append((f"{mname}.{bname}" if mname else bname, b))
+    return out
+
+
+def _shell(spec: dict[str, Any], dtype: torch.dtype) -> nn.Module:
+    kind = spec["kind"]
+    if kind == "int8_linear":
+        return Int8Linear(spec["in_features"], spec["out_features"], spec["bias"], dtype)
+    if kind == "int4_linear":
+        return Int4Linear(
+            spec["in_features"], spec["out_features"], spec["bias"], spec["group_size"], dtype
+        )
+    if kind == "dynamic_int8_linear":
+        return DynamicInt8Linear(spec["in_features"], spec["out_features"], spec["bias"])
+    raise ValueError(f"unknown quantized module kind {kind!r} in {MANIFEST}")
+
+
+def load_compressed(
+    source: ModelSource | str | Path, *, dtype: str | None = None, device: str = "cpu"
+) -> ModelHandle:
+    """Load a folder written by `save_compressed`. `dtype` is ignored (the manifest decides)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(source.path if isinstance(source, ModelSource) else source)
+    manifest = json.loads((path / MANIFEST).read_text())
+    if manifest.get("format") != "compress" or manifest.get("version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{path / MANIFEST}: unsupported format {manifest.get('version')}")
+    compute = getattr(torch, manifest["compute_dtype"])
+    config = AutoConfig.from_pretrained(path)
+    model = AutoModelForCausalLM.from_config(config, dtype=compute).eval()
+    specs = manifest["modules"]
+    tensors = load_file(str(path / "model.safetensors"))
+    quant_prefixes = tuple(f"{n}." for n in specs)
+    dense = {k: v for k, v in tensors.items() if not k.startswith(quant_prefixes)}
+    for alias, target in manifest.get("tied", {}).items():
+        dense[alias] = dense[target]
+    missing, unexpected = model.load_state_dict(dense, strict=False)
+    missing = [k for k in missing if not k.startswith(quant_prefixes)]
+    if missing or unexpected:
+        raise ValueError(f"{path}: tensors missing {missing[:5]} / unexpected {unexpected[:5]}")
+    for name, spec in specs.items():
+        if spec["kind"] == "int8_embedding":
+            continue
+        shell = _shell(spec, compute)
+        prefix = f"{name}."
+        shell.load_export({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+        if getattr(shell, "bias", None) is not None and f"{prefix}bias" in tensors:
+            shell.bias.data.copy_(tensors[f"{prefix}bias"].to(compute))
+        set_module(model, name, shell)
+    for name, spec in specs.items():
+        if spec["kind"] == "int8_embedding":
+            src = model.get_submodule(spec["shares"])
+            set_module(model, name, Int8Embedding(src, compute, spec.get("embed_scale")))
+    model.to(device)
+    src_info = manifest.get("source", {})
+    return ModelHandle(
+        model=model,
+        tokenizer=AutoTokenizer.from_pretrained(path),
+        source=ModelSource(
+            spec=str(path),
+            kind="compressed",
+            path=path,
+            note=f"compressed by compress from {src_info.get('spec', '?')}",
+        ),
+        dtype=manifest["compute_dtype"],
+        device=device,
+        stages=manifest.get("stages", []),
+    )

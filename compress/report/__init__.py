@@ -1,0 +1,1 @@
+"""Report: schema (pydantic), comparisons, markdown rendering, atomic writing."""

@@ -1,0 +1,157 @@
+"""report.md: a before/after/delta table a reviewer reads in ten seconds, then the details."""
+
+from __future__ import annotations
+
+from compress.report.schema import Comparison, Measurement, Report
+
+_STATUS = {0: "PASS", 1: "FAIL", 3: "INCONCLUSIVE", 2: "BAD INPUT"}
+_MIB = 1024 * 1024
+
+
+def fmt(v: float | None, unit: str) -> str:
+    if v is None:
+        return "n/a"
+    if unit == "bytes":
+        return f"{v / _MIB:,.1f} MiB"
+    if unit == "fraction":
+        return f"{100 * v:.2f}%"
+    a = abs(v)
+    if a >= 1000:
+        return f"{v:,.0f}"
+    if a >= 100:
+        return f"{v:.1f}"
+    if a >= 1:
+        return f"{v:.3f}"
+    return f"{v:.4g}"
+
+
+def _iv(iv: list[float] | None, unit: str) -> str:
+    return f" [{fmt(iv[0], unit)}, {fmt(iv[1], unit)}]" if iv else ""
+
+
+def _ratio(c: Comparison) -> str:
+    if c.ratio is None:
+        return "n/a"
+    iv = f" [{c.ratio_ci95[0]:.3f}, {c.ratio_ci95[1]:.3f}]" if c.ratio_ci95 else ""
+    return f"{c.ratio:.3f}x{iv}"
+
+
+def _unit_label(unit: str) -> str:
+    return "MiB" if unit == "bytes" else unit
+
+
+def comparison_table(r: Report) -> list[str]:
+    lines = [
+        "| metric | unit | better | baseline | compressed | delta [95% CI] | ratio [95% CI] "
+        "| verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in r.comparisons:
+        better = "higher" if c.higher_is_better else "lower"
+        unit = c.unit
+        delta = "n/a" if c.delta is None else fmt(c.delta, unit) + _iv(c.delta_ci95, unit)
+        lines.append(
+            f"| {c.metric} | {_unit_label(unit)} | {better} | {fmt(c.baseline, unit)} | "
+            f"{fmt(c.compressed, unit)} | {delta} | {_ratio(c)} | {c.verdict} |"
+        )
+    return lines
+
+
+def _measurement_rows(ms: list[Measurement], label: str) -> list[str]:
+    rows = []
+    for m in ms:
+        val = fmt(m.value, m.unit) + _iv(m.ci95, m.unit)
+        note = m.reason if m.status != "measured" and m.reason else m.method
+        unit = "" if m.unit in ("bytes", "fraction") else f" {m.unit}"
+        rows.append(f"| {label} | {m.name} | {val}{unit} | {m.n} | {m.status} | {note} |")
+    return rows
+
+
+def render(r: Report) -> str:
+    status = _STATUS.get(r.exit_code, str(r.exit_code))
+    if r.run.get("status") == "failed":
+        status = "RUN FAILED"
+    out = [f"# compress report: {r.recipe['name']}: {status} (exit {r.exit_code})", ""]
+    if r.cost:
+        out += [f"**{r.cost.headline}**", ""]
+    src = r.baseline.model
+    out += [f"- Model: `{src.get('spec')}`. {src.get('note') or ''}".rstrip()]
+    for s in r.compressed.stages:
+        out.append(
+            f"- Stage `{s.get('method')}`: {s.get('summary', '')}; kernel "
+            f"`{s.get('kernel', '?')}`; {s.get('seconds', 0):.1f} s"
+        )
+        out += [f"  - {n}" for n in s.get("notes", [])]
+    out.append(
+        f"- Baseline computes in {r.baseline.dtype}, compressed in {r.compressed.dtype}; "
+        f"device {r.environment.get('device')}; quick={r.run.get('quick')}."
+    )
+    out += ["", "## Before / after", ""] + comparison_table(r)
+    rel = [m for m in r.compressed.measurements if m.name.startswith("kld.")]
+    if rel:
+        out += ["", "Divergence from the baseline on the same windows:", ""]
+        out += [
+            f"- {m.name}: {fmt(m.value, m.unit)}{_iv(m.ci95, m.unit)} {m.unit} (n={m.n} windows)"
+            for m in rel
+        ]
+    if r.gates:
+        out += [
+            "",
+            "## Gates",
+            "",
+            "| metric | rule | threshold | observed [95% CI] | status |",
+            "|---|---|---|---|---|",
+        ]
+        for g in r.gates:
+            obs = "n/a" if g.observed is None else f"{g.observed:.4g}"
+            iv = f" [{g.interval[0]:.4g}, {g.interval[1]:.4g}]" if g.interval else ""
+            out.append(
+                f"| {g.metric} | {g.kind} | {g.threshold:g} | {obs}{iv} | **{g.status.upper()}** |"
+            )
+        out.append("")
+        out.append(
+            "A gate passes when the whole 95% interval is on the allowed side, fails when it "
+            "is wholly on the wrong side, and is inconclusive (exit 3) otherwise."
+        )
+    if r.cost:
+        c = r.cost
+        out += [
+            "",
+            "## Cost",
+            "",
+            f"- Price basis: {c.usd_per_device_hour} USD/h for {c.device_name}; {c.basis}.",
+            f"- USD per 1M decoded tokens: baseline {fmt(c.baseline_usd_per_million_tokens, '')}"
+            f", compressed {fmt(c.compressed_usd_per_million_tokens, '')}.",
+        ]
+        if c.saving_per_quality_loss is not None:
+            out.append(f"- Cost saved per 1% perplexity lost: {c.saving_per_quality_loss:.2f}%.")
+    out += [
+        "",
+        "## Every measurement",
+        "",
+        "| model | metric | value [95% CI] | n | status | how |",
+        "|---|---|---|---|---|---|",
+    ]
+    out += _measurement_rows(r.baseline.measurements, "baseline")
+    out += _measurement_rows(r.compressed.measurements, "compressed")
+    out += ["", "## Definitions", ""] + [f"- **{k}**: {v}" for k, v in r.definitions.items()]
+    if r.notes:
+        out += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
+    env = r.environment
+    out += [
+        "",
+        "## Provenance",
+        "",
+        f"- Recipe sha256 `{r.recipe.get('_sha256', '?')}`, seed {r.recipe.get('seed')}; "
+        f"run `{r.run.get('id')}` started {r.run.get('started_at')}, "
+        f"{r.run.get('wall_s', 0):.0f} s.",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()),
+        f"- Machine: {env.get('cpu')}, {env.get('cores')} cores, {env.get('platform')}.",
+    ]
+    out += [
+        f"- Data `{d.get('name')}` from {d.get('location')}: text sha256 "
+        f"`{d.get('text_sha256', '?')[:16]}...`, token ids sha256 "
+        f"`{str(d.get('token_ids_sha256', '?'))[:16]}...`"
+        for d in r.data
+    ]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,109 @@
+import time
+
+import pytest
+
+from compress.profile.energy import EnergyMeter
+
+
+def _zone(root, name, uj, rng=None):
+    z = root / name
+    z.mkdir(parents=True)
+    (z / "energy_uj").write_text(f"{uj}\n")
+    if rng is not None:
+        (z / "max_energy_range_uj").write_text(f"{rng}\n")
+    return z
+
+
+def test_rapl_sums_packages_and_handles_wraparound(tmp_path):
+    p0 = _zone(tmp_path, "intel-rapl:0", 1_000_000, rng=10_000_000)
+    p1 = _zone(tmp_path, "intel-rapl:1", 9_900_000, rng=10_000_000)
+    sub = _zone(tmp_path, "intel-rapl:0:0", 0, rng=10_000_000)  # subzone: ignored
+    with EnergyMeter("cpu", rapl_root=tmp_path) as m:
+        (p0 / "energy_uj").write_text("3000000\n")  # +2 J
+        (p1 / "energy_uj").write_text("400000\n")  # wrapped: +0.5 J
+        (sub / "energy_uj").write_text("999999\n")
+    r = m.result
+    assert r.status == "measured" and r.source == "rapl"
+    assert r.joules == pytest.approx(2.5)
+    assert "package" in r.reason  # says it is socket-wide
+
+
+class FakeNvml:
+    def __init__(self, energy_supported=True, watts=100.0):
+        self.energy_supported = energy_supported
+        self.watts = watts
+        self.mj = 5_000
+        self.shutdown = False
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlShutdown(self):
+        self.shutdown = True
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return ("gpu", i)
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h):
+        if not self.energy_supported:
+            raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
+        self.mj += 1_500  # 1.5 J between reads
+        return self.mj
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        self.power_reads = getattr(self, "power_reads", 0) + 1
+        return int(self.watts * 1000)
+
+
+def test_nvml_total_energy_counter():
+    nvml = FakeNvml()
+    meter = EnergyMeter("cuda:0", nvml=nvml)
+    with meter as m:
+        pass
+    assert m.result.status == "measured" and m.result.source == "nvml"
+    assert m.result.joules == pytest.approx(1.5)
+    meter.close()
+    assert nvml.shutdown
+
+
+def test_nvml_falls_back_to_power_sampling():
+    nvml = FakeNvml(energy_supported=False)
+    meter = EnergyMeter("cuda", nvml=nvml, sample_interval_s=0.005)
+    for _ in range(2):  # reusable: one meter is entered once per timed repeat
+        nvml.power_reads = 0
+        with meter as m:
+            time.sleep(0.05)
+        r = m.result
+        assert r.status == "measured" and r.source == "nvml-power"
+        assert r.joules == pytest.approx(100.0 * r.wall_s, rel=0.1)
+        assert nvml.power_reads >= 4  # the sampling thread ran (again)
+
+
+def test_stated_power_is_estimated(tmp_path):
+    with EnergyMeter("cpu", rapl_root=tmp_path / "none", power_watts=10.0) as m:
+        time.sleep(0.02)
+    r = m.result
+    assert r.status == "estimated" and r.source == "stated-power"
+    assert r.joules == pytest.approx(10.0 * r.wall_s)
+    assert r.reason.startswith("power_watts x wall time, stated in the recipe")
+
+
+def test_unavailable_never_zero(tmp_path):
+    with EnergyMeter("cpu", rapl_root=tmp_path / "powercap") as m:
+        pass
+    r = m.result
+    assert r.status == "unavailable" and r.joules is None
+    assert r.reason == (
+        f"no NVML (CPU run), {tmp_path / 'powercap'} absent, no power_watts in the recipe"
+    )
+
+
+def test_cuda_without_nvml_module_is_unavailable():
+    class Broken:
+        def nvmlInit(self):
+            raise RuntimeError("driver not loaded")
+
+    with EnergyMeter("cuda", nvml=Broken()) as m:
+        pass
+    assert m.result.joules is None
+    assert "NVML failed" in m.result.reason and "no power_watts" in m.result.reason

@@ -1,0 +1,70 @@
+import pytest
+
+from compress.profile import profile_model
+from compress.stats import KEYS
+from compress.testing import tiny_handle
+
+
+@pytest.fixture(scope="module")
+def result(profile_cfg):
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return profile_model(
+            tiny_handle(), profile_cfg(batch_sizes=[1, 2], threads=1), quick=True, progress=False
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_measurements(result):
+    ms = {m["name"]: m for m in result["measurements"]}
+    for m in ms.values():
+        assert tuple(m) == KEYS
+    for name in (
+        "prefill.latency_ms",
+        "prefill.tokens_per_s",
+        "decode.tokens_per_s",
+        "decode.latency_ms_per_token",
+        "memory.peak_rss_bytes",
+    ):
+        assert ms[name]["n"] == 2  # quick_repeats
+        assert ms[name + "@bs2"]["n"] == 2
+    w = ms["weights.bytes"]
+    assert w["n"] == 1 and w["stderr"] == 0.0 and w["status"] == "measured"
+    assert w["method"] == "sum of parameter and buffer bytes, shared storage counted once"
+    assert ms["memory.rss_after_load_bytes"]["value"] > 0
+    assert ms["memory.peak_rss_bytes"]["value"] >= ms["memory.rss_after_load_bytes"]["value"] / 2
+    e = ms["energy.joules_per_token"]
+    if e["status"] == "unavailable":  # this machine has no RAPL and no power_watts was given
+        assert e["value"] is None and e["reason"]
+    assert "energy.joules_per_token@bs2" not in ms
+
+
+def test_context(result):
+    c = result["context"]
+    assert c["threads"] == 1
+    assert c["batch_sizes"] == [1, 2] and c["repeats"] == 2 and c["quick"] is True
+    assert c["prompt_tokens"] == 16 and c["new_tokens"] == 4 and c["warmup"] == 1
+    assert c["dtype"] == "torch.float32" and c["device"] == "cpu"
+    assert c["torch_version"] and c["device_name"]
+    assert len(c["greedy_ids"]["1"]) == 4
+
+
+def test_stated_power_gives_estimate(profile_cfg):
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        res = profile_model(
+            tiny_handle(), profile_cfg(power_watts=50.0), quick=True, progress=False
+        )
+    finally:
+        torch.set_num_threads(threads)
+    e = next(m for m in res["measurements"] if m["name"] == "energy.joules_per_token")
+    if res["context"]["energy_source"] == "stated-power":
+        assert e["status"] == "estimated" and e["value"] > 0
+        assert "power_watts x wall time" in e["reason"]
+    else:  # a machine with RAPL measures instead
+        assert e["status"] == "measured"
