@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -77,6 +78,8 @@ def apply(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
 ):
     """Compress, evaluate, profile, report and gate: the whole recipe in one pass."""
+    if not progress:
+        os.environ["TQDM_DISABLE"] = "1"  # also silences bars inside libraries and workers
     try:
         r, text = _read_recipe(recipe)
         from compress.pipeline import apply as run_apply

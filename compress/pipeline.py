@@ -37,7 +37,11 @@ def apply(
     argv: list[str] | None = None,
 ) -> tuple[Report, Path]:
     """Run the recipe; write reports/<name>/<UTC>/report.{json,md} + model/. Never overwrites."""
+    from compress import models
+
     device = resolve_device(device)
+    source = models.resolve(recipe.model, pull=False)  # bad input fails before anything is written
+    text = wikitext2_test(data_dir or recipe.eval.data_dir) if recipe.eval.wikitext2 else None
     run_dir = new_run_dir(out_root, recipe.name)
     run = {
         "id": run_dir.name,
@@ -49,7 +53,18 @@ def apply(
     }
     t0 = time.perf_counter()
     try:
-        report = _run(recipe, recipe_text, run, run_dir, device, quick, data_dir, progress)
+        report = _run(
+            recipe,
+            recipe_text,
+            run,
+            run_dir,
+            device,
+            quick,
+            source,
+            text,
+            progress,
+            data_dir or recipe.eval.data_dir,
+        )
     except BaseException as e:
         run.update(
             status="failed", wall_s=time.perf_counter() - t0, error=f"{type(e).__name__}: {e}"
@@ -66,14 +81,17 @@ def apply(
     return report, run_dir
 
 
-def _run(recipe, recipe_text, run, run_dir: Path, device, quick, data_dir, progress) -> Report:
+def _run(
+    recipe, recipe_text, run, run_dir: Path, device, quick, source, text, progress, data_dir
+) -> Report:
     import torch
 
     from compress import models
     from compress.cost import cost_measurement, summarize
     from compress.evaluate.perplexity import evaluate_perplexity
     from compress.gate import check, exit_code
-    from compress.methods import get_apply
+    from compress.methods import get_apply, needs_calibration
+    from compress.methods.calibrate import load_calibration
     from compress.profile import profile_in_subprocess
     from compress.profile.memory import dir_bytes, weight_bytes
     from compress.quant.serialize import save_compressed
@@ -82,11 +100,10 @@ def _run(recipe, recipe_text, run, run_dir: Path, device, quick, data_dir, progr
 
     t0 = time.perf_counter()
     ev = recipe.eval
-    text = wikitext2_test(data_dir or ev.data_dir) if ev.wikitext2 else None
 
     log.info("loading baseline %s", recipe.model)
     base = models.load(
-        recipe.model, dtype="float32", device=device, trust_remote_code=recipe.trust_remote_code
+        source, dtype="float32", device=device, trust_remote_code=recipe.trust_remote_code
     )
     data = []
     windows = None
@@ -112,10 +129,14 @@ def _run(recipe, recipe_text, run, run_dir: Path, device, quick, data_dir, progr
         dtype=base.dtype,
         device=device,
     )
+    calib = None
+    if any(needs_calibration(s) for s in recipe.stages):
+        calib = load_calibration(base.tokenizer, recipe.calibration, data_dir)
+        data.append(calib.provenance)
     for i, stage in enumerate(recipe.stages):
         log.info("stage %d: %s", i, stage.method)
         try:
-            record = get_apply(stage.method)(comp, stage, None)
+            record = get_apply(stage.method)(comp, stage, calib)
         except CompressError:
             raise
         except Exception as e:

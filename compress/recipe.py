@@ -163,6 +163,21 @@ class Recipe(Strict):
     cost: CostConfig = CostConfig()
     gates: list[Gate] = []
 
+    @model_validator(mode="after")
+    def _calibration_present(self) -> Recipe:
+        needy = [
+            f"stages.{i} ({s.method})"
+            for i, s in enumerate(self.stages)
+            if getattr(s, "needs_calibration", False)
+        ]
+        if needy and self.calibration is None:
+            raise ValueError(
+                f"{', '.join(needy)} need calibration data but the recipe has no calibration "
+                "block; add e.g. calibration: {dataset: wikitext2-calib, samples: 128, "
+                "seq_len: 512, seed: 0}"
+            )
+        return self
+
     @field_validator("name")
     @classmethod
     def _slug(cls, v: str) -> str:
@@ -277,11 +292,14 @@ def format_validation_error(err: ValidationError, data: Any, source: str) -> str
             lines.append(f"{path}: required field is missing")
         else:
             got = e.get("input")
-            got_s = json.dumps(got, default=str) if not isinstance(got, dict) else "a mapping"
+            msg = e["msg"].removeprefix("Value error, ")
+            if isinstance(got, dict | list):  # a whole block: the message says what is wrong
+                lines.append(f"{path or 'recipe'}: {msg}")
+                continue
+            got_s = json.dumps(got, default=str)
             if len(got_s) > 60:
                 got_s = got_s[:57] + "..."
-            msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{path}: {msg} (got {got_s})")
+            lines.append(f"{path or 'recipe'}: {msg} (got {got_s})")
     n = len(lines)
     head = f"Recipe '{source}' has {n} problem{'s' if n > 1 else ''}:"
     tail = "Fix the field(s) named above; `compress schema` prints every field and its type."

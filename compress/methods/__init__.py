@@ -9,16 +9,35 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
+from compress.methods.awq import AWQConfig
+from compress.methods.bnb import BnbConfig
 from compress.methods.dynamic_int8 import DynamicInt8Config
+from compress.methods.gptq import GPTQConfig
+from compress.methods.onnx_int8 import OnnxInt8Config
 from compress.methods.rtn import RTNConfig
+from compress.methods.smoothquant import SmoothQuantConfig
 
 #: method name -> (config class, module holding `apply(handle, config, calibration)`)
 METHODS: dict[str, tuple[type, str]] = {
     "rtn": (RTNConfig, "compress.methods.rtn"),
     "dynamic_int8": (DynamicInt8Config, "compress.methods.dynamic_int8"),
+    "gptq": (GPTQConfig, "compress.methods.gptq"),
+    "awq": (AWQConfig, "compress.methods.awq"),
+    "smoothquant": (SmoothQuantConfig, "compress.methods.smoothquant"),
+    "bnb": (BnbConfig, "compress.methods.bnb"),
+    "onnx_int8": (OnnxInt8Config, "compress.methods.onnx_int8"),
 }
 
-StageConfig = Annotated[RTNConfig | DynamicInt8Config, Field(discriminator="method")]
+StageConfig = Annotated[
+    RTNConfig
+    | DynamicInt8Config
+    | GPTQConfig
+    | AWQConfig
+    | SmoothQuantConfig
+    | BnbConfig
+    | OnnxInt8Config,
+    Field(discriminator="method"),
+]
 
 
 def method_names() -> list[str]:

@@ -1,0 +1,38 @@
+"""Shared fixtures. Unit tests run offline on tiny models built in code."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from compress.testing import save_tiny_llama
+
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> Path:
+    """A data folder laid out like ../shared/data, holding a small WikiText-like file."""
+    from compress.testing import tiny_text_file
+
+    root = tmp_path_factory.mktemp("data")
+    tiny_text_file(root / "wikitext-2-raw" / "wiki.test.raw", repeats=60)
+    return root
+
+
+@pytest.fixture()
+def shared_data() -> Path:
+    if not (SHARED_DATA / "wikitext-2-raw").is_dir():
+        pytest.skip(f"shared evaluation data not found at {SHARED_DATA}")
+    return SHARED_DATA

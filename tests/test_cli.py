@@ -1,0 +1,266 @@
+"""The CLI end to end on a tiny model: exit codes, reports, bad input, nothing overwritten."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from compress.cli import app
+
+runner = CliRunner()
+
+
+def tiny_recipe(model_dir: Path, **over) -> dict:
+    r = {
+        "name": "tiny-int4",
+        "model": str(model_dir),
+        "stages": [
+            {"method": "rtn", "bits": 4, "group_size": 32, "symmetric": False},
+            {"method": "rtn", "bits": 8, "targets": ["lm_head"], "ignore": []},
+        ],
+        "eval": {"wikitext2": {"seq_len": 64, "max_windows": 6, "quick_windows": 3}},
+        "profile": {
+            "prompt_tokens": 16,
+            "new_tokens": 4,
+            "repeats": 2,
+            "quick_repeats": 2,
+            "warmup": 0,
+        },
+        "gates": [{"metric": "weights.bytes", "max_ratio": 0.5}],
+    }
+    r.update(over)
+    return r
+
+
+def write(path: Path, data) -> Path:
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory, tiny_model_dir, tiny_data_dir):
+    """One real apply on the tiny model, shared by the tests below (takes ~20 s)."""
+    root = tmp_path_factory.mktemp("cli")
+    recipe = write(root / "tiny.yaml", tiny_recipe(tiny_model_dir))
+    out = root / "reports"
+    res = run(
+        "apply", recipe, "--out", out, "--quick", "--data-dir", tiny_data_dir, "--no-progress"
+    )
+    runs = sorted((out / "tiny-int4").iterdir())
+    return {"res": res, "root": root, "out": out, "run": runs[-1], "recipe": recipe}
+
+
+def test_apply_writes_a_valid_report_and_passes_its_gate(good_run):
+    import jsonschema
+
+    from compress.report.schema import report_json_schema
+
+    assert good_run["res"].exit_code == 0, good_run["res"].output
+    run_dir = good_run["run"]
+    data = json.loads((run_dir / "report.json").read_text())
+    jsonschema.validate(data, report_json_schema())
+    assert data["exit_code"] == 0 and data["gates"][0]["status"] == "pass"
+    names = {m["name"] for m in data["compressed"]["measurements"]}
+    assert {
+        "wikitext2.perplexity",
+        "kld.mean",
+        "decode.tokens_per_s",
+        "weights.bytes",
+        "memory.peak_rss_bytes",
+        "energy.joules_per_token",
+    } <= names
+    by = {m["name"]: m for m in data["compressed"]["measurements"]}
+    energy = by["energy.joules_per_token"]
+    assert energy["status"] in ("measured", "estimated", "unavailable")
+    if energy["status"] == "unavailable":
+        assert energy["value"] is None and energy["reason"]
+    for m in data["compressed"]["measurements"]:
+        assert m["unit"] and isinstance(m["higher_is_better"], bool)
+    assert data["data"][0]["token_ids_sha256"] and data["recipe"]["_sha256"]
+    assert data["environment"]["versions"]["torch"]
+    md = (run_dir / "report.md").read_text()
+    assert "| wikitext2.perplexity |" in md and "PASS" in md
+    assert (run_dir / "model" / "compress_quant.json").is_file()
+
+
+def test_saved_model_reloads_as_a_model_spec(good_run):
+    from compress import models
+
+    handle = models.load(str(good_run["run"] / "model"))
+    assert handle.source.kind == "compressed"
+    assert any(getattr(m, "kind", None) == "int4_linear" for m in handle.model.modules())
+
+
+def test_second_run_never_overwrites(good_run, tiny_data_dir):
+    first = (good_run["run"] / "report.json").read_bytes()
+    res = run(
+        "apply",
+        good_run["recipe"],
+        "--out",
+        good_run["out"],
+        "--quick",
+        "--data-dir",
+        tiny_data_dir,
+        "--no-progress",
+    )
+    assert res.exit_code == 0, res.output
+    runs = sorted((good_run["out"] / "tiny-int4").iterdir())
+    assert len(runs) >= 2
+    assert (good_run["run"] / "report.json").read_bytes() == first
+
+
+def test_report_rerenders_from_json(good_run):
+    res = run("report", good_run["run"])
+    assert res.exit_code == 0
+    assert (
+        res.output.strip().splitlines()[0]
+        == ((good_run["run"] / "report.md").read_text().strip().splitlines()[0])
+    )
+
+
+@pytest.mark.parametrize(
+    ("gates", "code"),
+    [
+        ([{"metric": "weights.bytes", "max_ratio": 0.9}], 0),
+        ([{"metric": "weights.bytes", "max_ratio": 0.01}], 1),
+        ([{"metric": "energy.joules_per_token", "max_ratio": 0.9}], 3),
+        (
+            [
+                {"metric": "weights.bytes", "max_ratio": 0.9},
+                {"metric": "weights.bytes", "max_ratio": 0.01},
+            ],
+            1,
+        ),
+    ],
+)
+def test_gate_rechecks_saved_report(good_run, tmp_path, gates, code):
+    res = run(
+        "gate",
+        good_run["run"] / "report.json",
+        "--gates",
+        write(tmp_path / "g.yaml", {"gates": gates}),
+    )
+    assert res.exit_code == code, res.output
+
+
+def test_gate_inconclusive_when_interval_straddles(good_run, tmp_path):
+    data = json.loads((good_run["run"] / "report.json").read_text())
+    c = next(c for c in data["comparisons"] if c["metric"] == "decode.tokens_per_s")
+    lo, hi = c["ratio_ci95"]
+    res = run(
+        "gate",
+        good_run["run"],
+        "--gates",
+        write(tmp_path / "g.yaml", [{"metric": "decode.tokens_per_s", "min_ratio": (lo + hi) / 2}]),
+    )
+    assert res.exit_code == 3, res.output
+
+
+BAD = {
+    "malformed_yaml": ("name: x\nstages: [\n  - method: rtn\n", "not valid YAML"),
+    "unknown_key": ({"stagez": []}, "did you mean 'stages'"),
+    "unknown_method": ({"stages": [{"method": "gptqq", "bits": 4}]}, "unknown method"),
+    "wrong_type": ({"profile": {"repeats": "many"}}, "profile.repeats"),
+    "bad_bits": ({"stages": [{"method": "rtn", "bits": 3}]}, "stages.0.bits"),
+    "unknown_alias": ({"model": "smollm3-135m"}, "did you mean 'smollm2-135m'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_recipes_exit_2_with_a_clear_message(good_run, tmp_path, tiny_model_dir, case):
+    body, expected = BAD[case]
+    if isinstance(body, dict):
+        body = tiny_recipe(tiny_model_dir, **body)
+    recipe = write(tmp_path / f"{case}.yaml", body)
+    before = sorted(p.name for p in (good_run["out"] / "tiny-int4").iterdir())
+    res = run("apply", recipe, "--out", good_run["out"], "--quick")
+    assert res.exit_code == 2, res.output
+    assert expected in " ".join(res.output.split()), res.output
+    assert "Traceback" not in res.output
+    assert sorted(p.name for p in (good_run["out"] / "tiny-int4").iterdir()) == before
+
+
+def test_missing_recipe_path(tmp_path):
+    res = run("apply", tmp_path / "nope.yaml")
+    assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_missing_data_file_exit_2_and_names_both_places(
+    good_run, tmp_path, tiny_model_dir, monkeypatch
+):
+    import datasets
+
+    def offline(*a, **k):
+        raise ConnectionError("hub unreachable (test)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.delenv("COMPRESS_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    recipe = write(tmp_path / "r.yaml", tiny_recipe(tiny_model_dir))
+    res = run("apply", recipe, "--out", tmp_path / "out", "--data-dir", tmp_path / "empty")
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert "wiki.test.raw" in text and "'wikitext'" in text and "Traceback" not in text
+    assert not (tmp_path / "out").exists()  # input errors surface before anything is written
+
+
+def test_stage_failure_marks_the_run_failed(tmp_path, tiny_model_dir, tiny_data_dir):
+    bad_group = tiny_recipe(
+        tiny_model_dir, stages=[{"method": "rtn", "bits": 4, "group_size": 256}]
+    )
+    res = run(
+        "apply",
+        write(tmp_path / "r.yaml", bad_group),
+        "--out",
+        tmp_path / "out",
+        "--data-dir",
+        tiny_data_dir,
+        "--quick",
+    )
+    assert res.exit_code == 2, res.output
+    assert "does not divide" in " ".join(res.output.split())
+    failed = next((tmp_path / "out" / "tiny-int4").iterdir())
+    assert json.loads((failed / "failure.json").read_text())["run"]["status"] == "failed"
+    assert not (failed / "report.json").exists()
+
+
+def test_output_dir_not_writable(tmp_path, tiny_model_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    recipe = write(tmp_path / "r.yaml", tiny_recipe(tiny_model_dir))
+    res = run("apply", recipe, "--out", blocker / "sub")
+    assert res.exit_code == 2 and "cannot be created" in " ".join(res.output.split())
+
+
+def test_validate_imports_no_torch(tmp_path, tiny_model_dir):
+    recipe = write(tmp_path / "r.yaml", tiny_recipe(tiny_model_dir))
+    code = (
+        "import sys; from typer.testing import CliRunner; from compress.cli import app; "
+        f"r = CliRunner().invoke(app, ['validate', {str(recipe)!r}]); "
+        "assert r.exit_code == 0, r.output; assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_schema_and_help():
+    res = run("schema")
+    assert res.exit_code == 0 and json.loads(res.output)["title"].startswith("compress recipe")
+    assert json.loads(run("schema", "report").output)["title"].startswith("compress report")
+    for cmd in ("apply", "validate", "models", "report", "gate", "schema"):
+        assert run(cmd, "--help").exit_code == 0
+
+
+def test_shipped_recipes_validate():
+    for recipe in sorted(Path(__file__).resolve().parents[1].glob("recipes/*.yaml")):
+        res = run("validate", recipe)
+        assert res.exit_code == 0, (recipe, res.output)
