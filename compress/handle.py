@@ -45,6 +45,7 @@ class ModelHandle:
     dtype: str  # dtype the float parts compute in ("float32", "bfloat16")
     device: str
     stages: list[dict[str, Any]] = field(default_factory=list)  # what each stage did
+    runtime: str = "torch"  # what executes `model`: "torch" or e.g. "onnxruntime"
 
     @property
     def max_positions(self) -> int | None:

@@ -213,6 +213,10 @@ def _run(
         )
     )
 
+    runtime = {"torch": f"torch {torch.__version__} eager on {device}"}
+    for ms, rt in ((base_ms, "torch"), (comp_ms, comp.runtime)):
+        for m in ms:
+            m.setdefault("runtime", runtime.get(rt, f"{rt} on {device}"))
     baseline = RunRecord(
         label="baseline",
         model=base.source.describe(),

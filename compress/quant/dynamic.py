@@ -41,6 +41,18 @@ class DynamicInt8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner(x.float()).to(x.dtype)
 
+    def spec(self) -> dict:
+        return {
+            "kind": self.kind,
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bias": self.has_bias,
+        }
+
+    @classmethod
+    def shell(cls, spec: dict, dtype=None) -> DynamicInt8Linear:
+        return cls(spec["in_features"], spec["out_features"], spec["bias"])
+
     def weight_nbytes(self) -> int:
         """Bytes of the packed int8 weight, its scales and bias (not buffers, so counted here)."""
         w, b = self.inner._weight_bias()

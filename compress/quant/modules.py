@@ -74,6 +74,18 @@ class Int8Linear(nn.Module):
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
+    def spec(self) -> dict:
+        return {
+            "kind": self.kind,
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bias": self.bias is not None,
+        }
+
+    @classmethod
+    def shell(cls, spec: dict, dtype) -> Int8Linear:
+        return cls(spec["in_features"], spec["out_features"], spec["bias"], dtype)
+
     def export(self) -> dict[str, torch.Tensor]:
         return {"qweight": self.qweight, "scale": self.scale}
 
@@ -167,6 +179,21 @@ class Int4Linear(nn.Module):
         unit[..., 0] = 1.0
         unit[..., 1] = 8.0  # (q - 8) * 1 + 8 == q
         return self._mm(eye, unit).t().round().to(torch.uint8).contiguous()
+
+    def spec(self) -> dict:
+        return {
+            "kind": self.kind,
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bias": self.bias is not None,
+            "group_size": self.group_size,
+        }
+
+    @classmethod
+    def shell(cls, spec: dict, dtype) -> Int4Linear:
+        return cls(
+            spec["in_features"], spec["out_features"], spec["bias"], spec["group_size"], dtype
+        )
 
     def export(self) -> dict[str, torch.Tensor]:
         return {

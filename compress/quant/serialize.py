@@ -11,6 +11,7 @@ fills them from safetensors; no pickle anywhere.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -26,29 +27,39 @@ from torch import nn
 
 from compress.handle import ModelHandle, ModelSource
 from compress.methods.targets import set_module
-from compress.quant.dynamic import DynamicInt8Linear
-from compress.quant.modules import Int4Linear, Int8Embedding, Int8Linear
+from compress.quant.modules import Int8Embedding
 from compress.report.io import _umask
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "compress_quant.json"
 FORMAT_VERSION = 1
-_EXPORTABLE = (Int8Linear, Int4Linear, DynamicInt8Linear)
+
+#: module kind -> "module:Class". A quantized module class has `kind`, `spec() -> dict`,
+#: `export() -> dict[str, Tensor]`, `load_export(tensors)` and `shell(spec, dtype)`.
+MODULE_KINDS = {
+    "int8_linear": "compress.quant.modules:Int8Linear",
+    "int4_linear": "compress.quant.modules:Int4Linear",
+    "dynamic_int8_linear": "compress.quant.dynamic:DynamicInt8Linear",
+}
+
+#: runtime name -> module with `save(handle, tmp_dir)` and `load(path, device) -> ModelHandle`
+RUNTIMES = {"onnxruntime": "compress.runtimes.onnxruntime"}
+
+
+def _kind_class(kind: str):
+    if kind not in MODULE_KINDS:
+        raise ValueError(f"unknown quantized module kind {kind!r} in {MANIFEST}")
+    mod, cls = MODULE_KINDS[kind].split(":")
+    return getattr(importlib.import_module(mod), cls)
 
 
 def _module_spec(m: nn.Module, model: nn.Module) -> dict[str, Any]:
-    spec: dict[str, Any] = {"kind": m.kind}
     if isinstance(m, Int8Embedding):
         src = m.weight_source
-        spec["shares"] = next(n for n, x in model.named_modules() if x is src)
-        spec["embed_scale"] = m.embed_scale
-        return spec
-    spec.update(in_features=m.in_features, out_features=m.out_features)
-    spec["bias"] = getattr(m, "bias", None) is not None or getattr(m, "has_bias", False)
-    if isinstance(m, Int4Linear):
-        spec["group_size"] = m.group_size
-    return spec
+        shares = next(n for n, x in model.named_modules() if x is src)
+        return {"kind": m.kind, "shares": shares, "embed_scale": m.embed_scale}
+    return m.spec()
 
 
 def save_compressed(handle: ModelHandle, out_dir: str | Path) -> Path:
@@ -57,12 +68,16 @@ def save_compressed(handle: ModelHandle, out_dir: str | Path) -> Path:
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} exists; compressed models are never overwritten")
     model = handle.model
-    quant = {n: m for n, m in model.named_modules() if getattr(m, "kind", None)}
+    quant = (
+        {n: m for n, m in model.named_modules() if getattr(m, "kind", None)}
+        if handle.runtime == "torch"
+        else {}
+    )
     tensors: dict[str, torch.Tensor] = {}
     seen: dict[int, str] = {}
     tied: dict[str, str] = {}
     for name, m in quant.items():
-        if isinstance(m, _EXPORTABLE):
+        if hasattr(m, "export"):
             for k, t in m.export().items():
                 tensors[f"{name}.{k}"] = t.detach().cpu().contiguous()
     inside_quant = tuple(f"{n}." for n in quant)
@@ -89,6 +104,8 @@ def save_compressed(handle: ModelHandle, out_dir: str | Path) -> Path:
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    if handle.runtime != "torch":
+        manifest.update(runtime=handle.runtime, modules={}, tied={})
     try:
         cfg = model.config
         for attr in ("quantization_config",):
@@ -97,7 +114,10 @@ def save_compressed(handle: ModelHandle, out_dir: str | Path) -> Path:
         cfg.save_pretrained(tmp)
         if handle.tokenizer is not None:
             handle.tokenizer.save_pretrained(tmp)
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if handle.runtime == "torch":
+            save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        else:
+            importlib.import_module(RUNTIMES[handle.runtime]).save(handle, tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
         os.chmod(tmp, 0o777 & ~_umask())
         for f in tmp.iterdir():
@@ -119,19 +139,6 @@ def _persistent_buffers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
-def _shell(spec: dict[str, Any], dtype: torch.dtype) -> nn.Module:
-    kind = spec["kind"]
-    if kind == "int8_linear":
-        return Int8Linear(spec["in_features"], spec["out_features"], spec["bias"], dtype)
-    if kind == "int4_linear":
-        return Int4Linear(
-            spec["in_features"], spec["out_features"], spec["bias"], spec["group_size"], dtype
-        )
-    if kind == "dynamic_int8_linear":
-        return DynamicInt8Linear(spec["in_features"], spec["out_features"], spec["bias"])
-    raise ValueError(f"unknown quantized module kind {kind!r} in {MANIFEST}")
-
-
 def load_compressed(
     source: ModelSource | str | Path, *, dtype: str | None = None, device: str = "cpu"
 ) -> ModelHandle:
@@ -142,6 +149,11 @@ def load_compressed(
     manifest = json.loads((path / MANIFEST).read_text())
     if manifest.get("format") != "compress" or manifest.get("version", 0) > FORMAT_VERSION:
         raise ValueError(f"{path / MANIFEST}: unsupported format {manifest.get('version')}")
+    if manifest.get("runtime", "torch") != "torch":
+        runtime = manifest["runtime"]
+        if runtime not in RUNTIMES:
+            raise ValueError(f"{path / MANIFEST}: unknown runtime {runtime!r}")
+        return importlib.import_module(RUNTIMES[runtime]).load(path, device)
     compute = getattr(torch, manifest["compute_dtype"])
     config = AutoConfig.from_pretrained(path)
     model = AutoModelForCausalLM.from_config(config, dtype=compute).eval()
@@ -158,7 +170,7 @@ def load_compressed(
     for name, spec in specs.items():
         if spec["kind"] == "int8_embedding":
             continue
-        shell = _shell(spec, compute)
+        shell = _kind_class(spec["kind"]).shell(spec, compute)
         prefix = f"{name}."
         shell.load_export({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
         if getattr(shell, "bias", None) is not None and f"{prefix}bias" in tensors:
