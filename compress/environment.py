@@ -6,6 +6,7 @@ import contextlib
 import importlib.metadata as md
 import os
 import platform
+import re
 import sys
 
 from compress.errors import BadInput
@@ -30,21 +31,30 @@ DEFINITIONS = {
 }
 
 
+def check_device(device: str) -> None:
+    """`cpu`, `cuda` or `cuda:N` that exists here; anything else is a BadInput."""
+    import torch
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise BadInput(f"Unknown device '{device}'.", fix="Use auto, cpu, cuda or cuda:N.")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise BadInput(
+                f"Device '{device}' requested but no CUDA device is visible.",
+                fix="Use --device cpu or --device auto.",
+            )
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise BadInput(f"Device '{device}' does not exist ({torch.cuda.device_count()} GPUs).")
+
+
 def resolve_device(device: str) -> str:
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return device
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise BadInput(
-                f"--device {device} was asked for but no CUDA device is visible.",
-                fix="Use --device cpu or --device auto.",
-            )
-        return device
-    raise BadInput(f"--device '{device}' is not one of auto, cpu, cuda, cuda:N.")
+    check_device(device)
+    return device
 
 
 def _cpu_name() -> str:

@@ -62,7 +62,9 @@ def test_wikitext2_from_data_dir(no_local_data):
     expected = "\n\n".join(rows_from_raw(RAW))
     assert td.text == expected
     assert td.text.startswith("\n\n = Title = \n" + "\n\n" + "\n\n" + " First line .\n")
-    assert td.sha256 == hashlib.sha256(expected.encode("utf-8")).hexdigest() == sha256_text(expected)
+    assert (
+        td.sha256 == hashlib.sha256(expected.encode("utf-8")).hexdigest() == sha256_text(expected)
+    )
     assert td.source == "local" and td.name == "wikitext2"
     assert td.location == str((root / WIKITEXT2_TEST[1]).resolve())
     d = td.describe()

@@ -55,9 +55,7 @@ def test_select_by_regex_is_fullmatch(model):
 
 def test_select_regex_ignore(model):
     got = select(model, ["Linear"], ["re:model\\.layers\\.0\\..*", "lm_head"])
-    assert sorted(got) == sorted(
-        n for n in _all_linears(model) if n.startswith("model.layers.1.")
-    )
+    assert sorted(got) == sorted(n for n in _all_linears(model) if n.startswith("model.layers.1."))
 
 
 def test_select_non_linear_class(model):

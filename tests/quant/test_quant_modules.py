@@ -56,7 +56,9 @@ def test_matches_linear_on_dequantized_weight(make, bias):
             assert y.shape == ref.shape
             assert _rel_err(y, ref) < 2e-2, (dtype, _rel_err(y, ref))
     # the float weight is not kept around: only integer codes and small per-group tensors
-    assert not any(t.numel() >= w.numel() and t.is_floating_point() for t in m.state_dict().values())
+    assert not any(
+        t.numel() >= w.numel() and t.is_floating_point() for t in m.state_dict().values()
+    )
 
 
 def test_int4_symmetric_also_matches():

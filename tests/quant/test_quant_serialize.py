@@ -23,6 +23,9 @@ CASES = {
         (rtn.apply, rtn.RTNConfig(bits=4, group_size=32, symmetric=False)),
         (rtn.apply, rtn.RTNConfig(bits=8, targets=["lm_head"], ignore=[])),
     ],
+    "int4_g64_all_untied": [
+        (rtn.apply, rtn.RTNConfig(bits=4, group_size=64, symmetric=True, ignore=[]))
+    ],
     "int8_all": [(rtn.apply, rtn.RTNConfig(bits=8, ignore=[]))],
     "dynamic_int8": [(dynamic_int8.apply, dynamic_int8.DynamicInt8Config())],
     "dynamic_int8_all": [(dynamic_int8.apply, dynamic_int8.DynamicInt8Config(ignore=[]))],
@@ -150,5 +153,8 @@ def test_round_trip_keeps_linear_biases(tmp_path):
     rtn.apply(h, rtn.RTNConfig(bits=8, ignore=[]))
     before = _logits(h.model)
     h2 = load_compressed(save_compressed(h, tmp_path / "b"))
-    assert torch.equal(h2.model.model.layers[0].self_attn.q_proj.bias, h.model.model.layers[0].self_attn.q_proj.bias)
+    assert torch.equal(
+        h2.model.model.layers[0].self_attn.q_proj.bias,
+        h.model.model.layers[0].self_attn.q_proj.bias,
+    )
     assert torch.equal(_logits(h2.model), before)

@@ -65,7 +65,9 @@ def test_paired_noisy_difference_is_no_significant_change():
     comp_nll = [2.1, 2.1, 2.0, 2.0]  # diffs +0.1, -0.1, +0.1, -0.1
     base = _record("baseline", [_ppl(NLL_BASE)])
     comp = _record("compressed", [_ppl(comp_nll)])
-    c = _one(compare(base, comp, {"wikitext2.perplexity": (NLL_BASE, comp_nll)}), "wikitext2.perplexity")
+    c = _one(
+        compare(base, comp, {"wikitext2.perplexity": (NLL_BASE, comp_nll)}), "wikitext2.perplexity"
+    )
     assert c.ratio == pytest.approx(1.0)
     assert c.ratio_ci95[0] < 1 < c.ratio_ci95[1]
     assert c.verdict == "no significant change"
@@ -110,10 +112,14 @@ def test_independent_speed_samples_ratio_ci():
     assert x.delta_ci95[0] > 0
     assert x.verdict == "better"
     slower = stats.measurement("decode.tokens_per_s", [5.0, 5.2, 4.8], "tokens/s", True, "t")
-    y = _one(compare(_record("baseline", [b]), _record("compressed", [slower])), "decode.tokens_per_s")
+    y = _one(
+        compare(_record("baseline", [b]), _record("compressed", [slower])), "decode.tokens_per_s"
+    )
     assert y.verdict == "worse" and y.ratio_ci95[1] < 1
     overlap = stats.measurement("decode.tokens_per_s", [9.0, 12.0, 10.0], "tokens/s", True, "t")
-    z = _one(compare(_record("baseline", [b]), _record("compressed", [overlap])), "decode.tokens_per_s")
+    z = _one(
+        compare(_record("baseline", [b]), _record("compressed", [overlap])), "decode.tokens_per_s"
+    )
     assert z.verdict == "no significant change"
     assert z.ratio_ci95[0] < 1 < z.ratio_ci95[1]
 
