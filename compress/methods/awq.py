@@ -1,15 +1,40 @@
-"""`awq`: activation-aware weight quantization (Lin et al. 2023)."""
+"""`awq`: activation-aware weight quantization (Lin et al. 2023), stored and run as real int4.
+
+Per decoder layer, through the shared sequential loop (compress/methods/calibrate.py):
+
+    observe   hooks on the layer's linears collect, per input stream (the input a group of
+              linears shares): mean |x| per channel over all tokens and H = X^T X / n over a
+              random subsample of up to `max_tokens` rows (no activations are kept)
+    scale     per group (input_layernorm -> q,k,v; v_proj -> o_proj when shapes allow;
+              post_attention/pre_feedforward norm -> gate,up; up_proj -> down_proj, see
+              mappings.py): grid-search alpha, s = mean|x|^alpha, minimising the output MSE
+              of the group's linears with fake-quantized Q(W * s) / s (quant/awq.py); fold
+              1 / s into the producer (norm weight or producer rows), s into the weights
+    clip      per (row, group) shrink of the quantization range minimising output error
+              (not q_proj/k_proj, as AutoAWQ: attention logits are sensitive)
+    quantize  group-wise int4 (compress.quant.grid) -> Int4Linear, then the loop recomputes
+              the layer's outputs with the quantized weights for the next layer.
+
+Targeted linears outside the decoder layers (lm_head when not ignored) get plain RTN int4.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
+import time
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from compress._config import StageBase
 
 if TYPE_CHECKING:
     from compress.handle import ModelHandle
+
+log = logging.getLogger(__name__)
+
+INT4_GROUP_SIZES = (32, 64, 128, 256)  # what Int4Linear's kernels accept
 
 
 class AWQConfig(StageBase):
@@ -22,7 +47,223 @@ class AWQConfig(StageBase):
     clip: bool = True
     compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     batch_size: int = Field(8, ge=1)
+    max_tokens: int = Field(
+        8192, ge=16, description="calibration rows per input stream sampled for the searches"
+    )
+    duo_scaling: bool = Field(
+        False, description="s = mean|x|^a / mean|w|^(1-a) (AutoAWQ) instead of mean|x|^a"
+    )
+    max_shrink: float = Field(0.5, gt=0, lt=1, description="largest clipping range reduction")
+    seed: int = Field(0, description="row subsampling seed")
+
+    @model_validator(mode="after")
+    def _kernel_constraints(self) -> AWQConfig:
+        if self.group_size not in INT4_GROUP_SIZES:
+            raise ValueError(
+                f"group_size must be one of {list(INT4_GROUP_SIZES)} (int4 kernel groups); "
+                f"got {self.group_size}"
+            )
+        return self
+
+
+class _StreamStats:
+    """Running statistics of one input stream, fed by a forward hook."""
+
+    def __init__(self, per_chunk: int, seed: int):
+        import torch
+
+        self.per_chunk = per_chunk
+        self.gen = torch.Generator().manual_seed(seed)
+        self.abs_sum = None
+        self.count = 0
+        self.h = None
+        self.rows = 0
+
+    def __call__(self, _module, x, _out) -> None:
+        import torch
+
+        x2 = x.detach().reshape(-1, x.shape[-1]).float()
+        s = x2.abs().sum(0)
+        self.abs_sum = s if self.abs_sum is None else self.abs_sum + s
+        self.count += x2.shape[0]
+        if x2.shape[0] > self.per_chunk:
+            idx = torch.randperm(x2.shape[0], generator=self.gen)[: self.per_chunk]
+            x2 = x2[idx.to(x2.device)]
+        g = x2.T @ x2
+        self.h = g if self.h is None else self.h + g
+        self.rows += x2.shape[0]
+
+    def absmean(self):
+        return self.abs_sum / max(self.count, 1)
+
+    def gram(self):
+        return self.h / max(self.rows, 1)
 
 
 def apply(handle: ModelHandle, cfg: AWQConfig, calibration=None) -> dict:
-    raise NotImplementedError("awq is being implemented")
+    import torch
+    from torch import nn
+
+    from compress.errors import StageFailed
+    from compress.methods.calibrate import sequential
+    from compress.methods.mappings import plan as make_plan
+    from compress.methods.targets import cast_float_parts, select, set_module
+    from compress.quant.awq import search_clip, search_scales
+    from compress.quant.grid import quantize
+    from compress.quant.modules import Int4Linear
+    from compress.quant.smooth import fold_into_linear_rows, fold_into_norm, scale_input_columns
+
+    t0 = time.perf_counter()
+    model = handle.model
+    if calibration is None:
+        raise StageFailed(
+            "awq needs calibration data (activations pick the scales) and got none.",
+            fix="Add a calibration block to the recipe, e.g. calibration: {dataset: "
+            "wikitext2-calib, samples: 128, seq_len: 512}.",
+        )
+    chosen = {
+        n: m
+        for n, m in select(model, cfg.targets, cfg.ignore, stage="awq").items()
+        if isinstance(m, nn.Linear)
+    }
+    if not chosen:
+        raise StageFailed(
+            f"awq: targets {cfg.targets} (minus ignore {cfg.ignore}) match no nn.Linear layer.",
+            fix="Target Linear layers, e.g. targets: [Linear].",
+        )
+    bad = [
+        f"{n} (in_features {m.in_features})"
+        for n, m in chosen.items()
+        if m.in_features % cfg.group_size
+    ]
+    if bad:
+        raise StageFailed(
+            f"awq.group_size {cfg.group_size} does not divide the input features of "
+            f"{len(bad)} layer(s): {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}.",
+            fix="Pick a group size that divides them (e.g. 32 or 64 for SmolLM2's 576), "
+            "or add those layers to ignore.",
+        )
+    plan = make_plan(model, chosen, stage="awq")
+    dtype = getattr(torch, cfg.compute_dtype)
+    qargs = {"bits": 4, "group_size": cfg.group_size, "symmetric": cfg.symmetric}
+    n_chunks = math.ceil(calibration.input_ids.shape[0] / cfg.batch_size)
+    per_chunk = max(1, math.ceil(cfg.max_tokens / n_chunks))
+    no_clip = set(plan.family.no_clip)
+
+    def on_layer(ctx) -> dict:
+        groups, targets = plan.groups[ctx.index], plan.targets[ctx.index]
+        if not targets:
+            return {}
+        # one stream per group (its linears share the input) + one per ungrouped target
+        stream_of: dict[str, str] = {}
+        for g in groups:
+            for name in g.linears:
+                stream_of[name] = next(iter(g.linears))
+        for t in targets:
+            stream_of.setdefault(t, t)
+        keys = sorted(set(stream_of[t] for t in targets) | {next(iter(g.linears)) for g in groups})
+        stats = {
+            k: _StreamStats(per_chunk, cfg.seed * 100003 + ctx.index * 101 + i)
+            for i, k in enumerate(keys)
+        }
+        ctx.run(stats)
+        scales: dict[str, torch.Tensor] = {}
+        rec: dict = {"layer": ctx.index, "alpha": {}, "search_mse": {}, "clipped": []}
+        for g in groups:
+            key = next(iter(g.linears))
+            st = stats[key]
+            weights = [g.linears[t].weight for t in g.targets]
+            res = search_scales(
+                weights,
+                st.gram(),
+                st.absmean(),
+                grid=cfg.grid,
+                duo_scaling=cfg.duo_scaling,
+                **qargs,
+            )
+            rec["alpha"][g.prev_name] = res.alpha
+            rec["search_mse"][g.prev_name] = [res.rtn_error, res.error]
+            if res.alpha == 0:
+                continue
+            s = res.scales.to(weights[0].device)
+            if g.kind == "norm":
+                fold_into_norm(
+                    g.prev.weight, s, getattr(g.prev, "bias", None), plan.family.norm_offset
+                )
+            else:
+                fold_into_linear_rows(g.prev.weight, s, g.prev.bias)
+            for lin in g.linears.values():
+                scale_input_columns(lin.weight, s)
+            scales[key] = s
+        for t in targets:
+            lin = ctx.layer.get_submodule(t)
+            key = stream_of[t]
+            h = stats[key].gram()
+            if key in scales:
+                s = scales[key].float()
+                h = h / (s[:, None] * s[None, :])
+            w = lin.weight.detach().float()
+            if cfg.clip and t not in no_clip:
+                cl = search_clip(w, h, grid=cfg.grid, max_shrink=cfg.max_shrink, **qargs)
+                if cl.applied and cl.error < cl.unclipped_error:
+                    w = cl.weight
+                    rec["clipped"].append(t)
+            qt = quantize(w, **qargs)
+            if not (torch.isfinite(qt.scale).all() and torch.isfinite(qt.zero).all()):
+                raise StageFailed(f"awq: layer '{ctx.name}.{t}' has non-finite weights or scales.")
+            set_module(ctx.layer, t, Int4Linear.from_float(lin, qt, dtype))
+        return rec
+
+    records = sequential(model, calibration, on_layer, batch_size=cfg.batch_size, desc="awq")
+    notes = list(plan.notes)
+    n_params = sum(m.weight.numel() for m in chosen.values())
+    if plan.outside:
+        from compress.methods import rtn
+
+        info = rtn.apply(
+            handle,
+            rtn.RTNConfig(
+                bits=4,
+                group_size=cfg.group_size,
+                symmetric=cfg.symmetric,
+                compute_dtype=cfg.compute_dtype,
+                targets=plan.outside,
+                ignore=[],
+            ),
+        )
+        notes.append(f"{', '.join(plan.outside)}: outside the decoder layers, plain RTN int4")
+        notes += [n for n in info["notes"] if "float parts" not in n]
+    cast_float_parts(model, dtype)
+    handle.dtype = cfg.compute_dtype
+    alphas = [a for r in records for a in r.get("alpha", {}).values()]
+    before = sum(v[0] for r in records for v in r.get("search_mse", {}).values())
+    after = sum(v[1] for r in records for v in r.get("search_mse", {}).values())
+    n_clipped = sum(len(r.get("clipped", [])) for r in records)
+    if alphas:
+        notes.append(
+            f"scale search: mean alpha {sum(alphas) / len(alphas):.2f} over {len(alphas)} groups; "
+            f"summed output MSE of the scaled groups {after / max(before, 1e-30):.3f}x RTN's "
+            "(before clipping, on the calibration activations)"
+        )
+    if cfg.clip:
+        notes.append(f"clipping kept on {n_clipped} linears (q_proj/k_proj never clipped)")
+    notes.append(f"float parts of the model now compute in {cfg.compute_dtype}")
+    if plan.family.norm_offset and cfg.compute_dtype != "float32":
+        notes.append(
+            "(1 + w) norms hold w in " + cfg.compute_dtype + ": a folded (1 + w) / s close to 0 "
+            "loses relative precision there"
+        )
+    grid = "symmetric" if cfg.symmetric else "asymmetric (min/max, float zero)"
+    return {
+        "method": "awq",
+        "summary": f"AWQ int4 {grid}, group {cfg.group_size}, {len(chosen)} Linear layers "
+        f"({n_params / 1e6:.1f}M weights), {calibration.input_ids.shape[0]} x "
+        f"{calibration.input_ids.shape[1]} calibration tokens",
+        "layers": len(chosen),
+        "weights_quantized": n_params,
+        "kernel": "aten._weight_int4pack_mm" + ("_for_cpu" if handle.device == "cpu" else ""),
+        "compute_dtype": cfg.compute_dtype,
+        "notes": notes,
+        "seconds": time.perf_counter() - t0,
+        "per_layer": [r for r in records if r],
+    }

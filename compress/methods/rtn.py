@@ -92,6 +92,9 @@ def apply(handle: ModelHandle, cfg: RTNConfig, calibration=None) -> dict:
                 fix="Pick a group size that divides them (e.g. 32 or 64 for SmolLM2's 576), "
                 "or add those layers to ignore.",
             )
+    bad = [n for n, m in chosen.items() if not torch.isfinite(m.weight).all()]
+    if bad:  # checked before any layer changes, so a failed stage leaves the model intact
+        raise StageFailed(f"rtn: non-finite weights in layer(s) {', '.join(bad[:5])}.")
     lm_head = getattr(model, "get_output_embeddings", lambda: None)()
     notes: list[str] = []
     n_params = 0

@@ -62,8 +62,13 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def cast_float_parts(model: nn.Module, dtype) -> None:
     """Cast floating parameters and persistent buffers; leave derived buffers (rotary
-    inv_freq, which HF keeps in float32 on purpose) and integer storage alone."""
+    inv_freq, which HF keeps in float32 on purpose), integer storage and already quantized
+    modules (they keep their own compute dtype and cast activations at their boundary)."""
+    quantized = [m for m in model.modules() if getattr(m, "kind", None)]
+    inside = {id(x) for q in quantized for x in q.modules()}
     for module in model.modules():
+        if id(module) in inside:
+            continue
         for _, p in module.named_parameters(recurse=False):
             if p.is_floating_point() and p.dtype != dtype:
                 p.data = p.data.to(dtype)

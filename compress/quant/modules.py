@@ -24,6 +24,17 @@ INT4_GROUP_SIZES = (32, 64, 128, 256)
 _CUDA_INNER_K_TILES = 8
 
 
+def _with_bias(tensors: dict[str, torch.Tensor], bias) -> dict[str, torch.Tensor]:
+    if bias is not None:
+        tensors["bias"] = bias.detach()
+    return tensors
+
+
+def _load_bias(bias, tensors: dict[str, torch.Tensor]) -> None:
+    if bias is not None:
+        bias.data.copy_(tensors["bias"].to(bias.dtype))
+
+
 def _flat(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]).to(dtype)
 
@@ -87,11 +98,12 @@ class Int8Linear(nn.Module):
         return cls(spec["in_features"], spec["out_features"], spec["bias"], dtype)
 
     def export(self) -> dict[str, torch.Tensor]:
-        return {"qweight": self.qweight, "scale": self.scale}
+        return _with_bias({"qweight": self.qweight, "scale": self.scale}, self.bias)
 
     def load_export(self, t: dict[str, torch.Tensor]) -> None:
         self.qweight.copy_(t["qweight"])
         self.scale.copy_(t["scale"].to(self.compute_dtype))
+        _load_bias(self.bias, t)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, int8 per-channel"
@@ -196,14 +208,16 @@ class Int4Linear(nn.Module):
         )
 
     def export(self) -> dict[str, torch.Tensor]:
-        return {
+        out = {
             "qweight_packed": pack_int4(self.codes()),
             "scale": self.scale_zero[..., 0].t().contiguous(),  # compute dtype: as it runs
             "zero": self.scale_zero[..., 1].t().contiguous(),
         }
+        return _with_bias(out, self.bias)
 
     def load_export(self, t: dict[str, torch.Tensor]) -> None:
         self._set(unpack_int4(t["qweight_packed"]), t["scale"], t["zero"])
+        _load_bias(self.bias, t)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, int4 group={self.group_size}"

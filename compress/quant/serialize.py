@@ -173,8 +173,6 @@ def load_compressed(
         shell = _kind_class(spec["kind"]).shell(spec, compute)
         prefix = f"{name}."
         shell.load_export({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
-        if getattr(shell, "bias", None) is not None and f"{prefix}bias" in tensors:
-            shell.bias.data.copy_(tensors[f"{prefix}bias"].to(compute))
         set_module(model, name, shell)
     for name, spec in specs.items():
         if spec["kind"] == "int8_embedding":

@@ -1,0 +1,227 @@
+"""GPTQ (Frantar et al. 2022) as pure tensor functions: no modules, no hooks, any device.
+
+    H = 2/n * sum_x x^T x                     per Linear input, over n calibration rows
+    quantize W column by column; after each column, spread its rounding error over the
+    columns not yet quantized with the upper Cholesky factor of H^-1 (lazy, per block)
+
+Grids follow compress/quant/grid.py: w ~= (q - mid) * scale + zero, q in [0, 2**bits - 1].
+Scales and zeros are found with `grid.quantize` (round-to-nearest's own min/max rules), so
+with H = identity GPTQ returns exactly round-to-nearest's codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from compress.quant.grid import QuantizedTensor, dequantize, quantize
+
+log = logging.getLogger(__name__)
+
+INT4_GROUP_SIZES = (32, 64, 128, 256)  # the int4 kernels' groups (quant/modules.py)
+
+
+def hessian_update(
+    H: torch.Tensor | None, x: torch.Tensor, n: int
+) -> tuple[torch.Tensor, int]:
+    """Fold a batch of layer inputs `x` [..., in] into the running H = 2/n * sum x^T x.
+
+    H stays float32. The product x^T x runs in x's own dtype: float32 inputs give a float32
+    GEMM; bfloat16/float16 inputs use the low-precision GEMM (float32 accumulation inside the
+    kernel, about 4x faster on CPUs with avx512_bf16), rounded once per batch before the
+    float32 sum. Inputs are pre-scaled by an exact power of two so float16 cannot overflow.
+    """
+    x = x.detach().reshape(-1, x.shape[-1])
+    m = x.shape[0]
+    if H is None:
+        H = torch.zeros(x.shape[-1], x.shape[-1], dtype=torch.float32, device=x.device)
+    if m == 0:
+        return H, n
+    total = n + m
+    H.mul_(n / total)
+    if x.dtype == torch.float32:
+        H.addmm_(x.t(), x, alpha=2.0 / total)
+    else:
+        s = 2.0 ** -math.ceil(math.log2(math.sqrt(m)))  # exact scaling: keeps x^T x * s^2 ~ O(x^2)
+        xs = x * s
+        H.add_((xs.t() @ xs).float(), alpha=2.0 / (total * s * s))
+    return H, total
+
+
+def output_energy(W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """Per output row r: w_r H w_r^T, i.e. (2/n) * ||X w_r||^2 over the calibration inputs."""
+    W = W.float()
+    return ((W @ H.float()) * W).sum(1)
+
+
+def _chol_inverse_upper(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, float]:
+    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1; damping grows x10 (at most 4
+    times) if H is not numerically positive definite. Returns the factor and the damp used."""
+    mean_diag = float(torch.diagonal(H).mean())
+    for attempt in range(5):
+        d = damp * 10**attempt
+        Hd = H.clone()
+        Hd.diagonal().add_(d * mean_diag)
+        L, info = torch.linalg.cholesky_ex(Hd)
+        if int(info) == 0:
+            Hinv = torch.cholesky_inverse(L)
+            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+            if int(info) == 0 and torch.isfinite(U).all():
+                if attempt:
+                    log.warning("gptq: H not positive definite; damping raised to %g", d)
+                return U, d
+    raise ValueError(f"Hessian is not positive definite even with damping {d:g}")
+
+
+def gptq_quantize(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    bits: int,
+    group_size: int | None = None,
+    symmetric: bool = True,
+    act_order: bool = False,
+    damp: float = 0.01,
+    block_size: int = 128,
+    static_groups: bool | None = None,
+) -> tuple[QuantizedTensor, torch.Tensor]:
+    """Quantize W [out, in] against the input Hessian H [in, in] (see `hessian_update`).
+
+    Returns the codes/scales/zeros (original column order, plain grid of grid.py) and the
+    per-row output error (w - w_q) H (w - w_q)^T measured with the H given (undamped); divide
+    its sum by `output_energy(W, H).sum()` for a relative output error.
+
+    - dead inputs (diag H == 0) get H_ii = 1 and a zero weight column, as in the reference.
+    - damping adds `damp * mean(diag H)` to the diagonal.
+    - groups: each group's scale/zero is found when the column loop reaches the group's first
+      column, from the weights as updated so far (the reference reads that slice from the
+      not-yet-block-updated matrix when a group starts mid-block; this reads the updated one).
+    - act_order: columns in order of decreasing diag(H). With groups this needs static groups
+      (`static_groups`, the default then): every group's scale/zero comes from the original
+      weights in the original column order before any update, so storage stays a plain grouped
+      grid with no column permutation (g_idx) for the kernels to follow.
+    - static_groups without act_order is also allowed (same rule, natural column order).
+    """
+    if not 2 <= bits <= 8:
+        raise ValueError(f"bits must be in 2..8, got {bits}")
+    rows, cols = W.shape
+    if H.shape != (cols, cols):
+        raise ValueError(f"H is {tuple(H.shape)}, expected ({cols}, {cols}) for W {tuple(W.shape)}")
+    if group_size is not None and cols % group_size:
+        raise ValueError(f"group_size {group_size} does not divide in_features {cols}")
+    if static_groups is None:
+        static_groups = act_order and group_size is not None
+    if act_order and group_size is not None and not static_groups:
+        raise ValueError("act_order with groups needs static_groups (a plain grouped grid)")
+    dev = W.device
+    H0 = H.to(dev, torch.float32)
+    W0 = W.detach().to(torch.float32)
+    H = H0.clone()
+    W = W0.clone()
+    dead = torch.diagonal(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+
+    mid, qmax = 2 ** (bits - 1), 2**bits - 1
+    n_groups = 1 if group_size is None else cols // group_size
+    if group_size is None or static_groups:
+        fixed = quantize(W, bits, group_size, symmetric)
+        scale, zero = fixed.scale.clone(), fixed.zero.clone()
+    else:
+        scale = torch.empty(rows, n_groups, dtype=torch.float32, device=dev)
+        zero = torch.empty_like(scale)
+
+    if act_order:
+        perm = torch.argsort(torch.diagonal(H), descending=True, stable=True)
+        W, H = W[:, perm], H[perm][:, perm]
+    else:
+        perm = None
+    U, _ = _chol_inverse_upper(H, damp)
+    del H
+
+    # groups must not start mid-block in a way that straddles into the next block
+    bs = max(1, block_size)
+    if group_size is not None and not static_groups and bs % group_size and group_size % bs:
+        bs = math.ceil(bs / group_size) * group_size
+    Wt = W.t().contiguous()  # [cols, rows]: a column of W is a contiguous row here
+    Qt = torch.empty_like(Wt)
+    col_group = (
+        torch.arange(cols, device=dev) // group_size if group_size is not None else None
+    )
+    if perm is not None and col_group is not None:
+        col_group = col_group[perm]
+    col_group_list = col_group.tolist() if col_group is not None else None
+    for i1 in range(0, cols, bs):
+        i2 = min(i1 + bs, cols)
+        count = i2 - i1
+        W1 = Wt[i1:i2].clone()
+        Err1 = torch.empty_like(W1)
+        U1 = U[i1:i2, i1:i2]
+        s = scale[:, 0]
+        z = zero[:, 0]
+        for i in range(count):
+            c = i1 + i
+            if col_group_list is not None:
+                g = col_group_list[c]
+                if not static_groups and c % group_size == 0:
+                    block = W1[i : i + group_size] if i + group_size <= count else Wt[c : c + group_size]
+                    p = quantize(block.t(), bits, None, symmetric)
+                    scale[:, g] = p.scale[:, 0]
+                    zero[:, g] = p.zero[:, 0]
+                s = scale[:, g]
+                z = zero[:, g]
+            w = W1[i]
+            q = torch.clamp(torch.round((w - z) / s) + mid, 0, qmax)
+            Qt[c] = q
+            err = (w - ((q - mid) * s + z)) / U1[i, i]
+            W1[i:].addr_(U1[i, i:], err, alpha=-1.0)
+            Err1[i] = err
+        if i2 < cols:
+            Wt[i2:].addmm_(U[i1:i2, i2:].t(), Err1, alpha=-1.0)
+
+    Q = Qt.t()
+    if perm is not None:
+        Q = Q[:, torch.argsort(perm)]
+    qt = QuantizedTensor(
+        q=Q.to(torch.uint8).contiguous(),
+        scale=scale,
+        zero=zero,
+        bits=bits,
+        group_size=group_size,
+    )
+    delta = W0 - dequantize(qt)
+    delta[:, dead] = 0.0  # dead inputs are always zero: their weights never reach the output
+    row_error = ((delta @ H0) * delta).sum(1)
+    return qt, row_error
+
+
+def container_group(in_features: int) -> int | None:
+    """Largest int4-kernel group size dividing `in_features` (per-channel grids go there)."""
+    return next((g for g in sorted(INT4_GROUP_SIZES, reverse=True) if in_features % g == 0), None)
+
+
+def as_int4(qt: QuantizedTensor) -> QuantizedTensor:
+    """Re-express a 2/3/4-bit grid on the int4 kernel's grid (codes 0..15, mid 8), exactly:
+
+        (q - mid_b) * s + z == (q - 8) * s + (z + (8 - mid_b) * s)
+
+    so 2- and 3-bit codes sit unchanged in 4-bit containers (memory as int4). A per-channel
+    grid becomes a grouped one with its scale/zero repeated over `container_group` groups.
+    """
+    if qt.bits > 4:
+        raise ValueError(f"as_int4 takes 2..4-bit grids, got {qt.bits} bits")
+    shift = 8 - 2 ** (qt.bits - 1)
+    scale, zero = qt.scale, qt.zero + shift * qt.scale
+    group = qt.group_size
+    if group is None:
+        in_f = qt.q.shape[1]
+        group = container_group(in_f)
+        if group is None:
+            raise ValueError(
+                f"no int4 group size in {INT4_GROUP_SIZES} divides in_features {in_f}"
+            )
+        reps = in_f // group
+        scale = scale.expand(-1, reps).contiguous()
+        zero = zero.expand(-1, reps).contiguous()
+    return QuantizedTensor(q=qt.q, scale=scale, zero=zero, bits=4, group_size=group)
