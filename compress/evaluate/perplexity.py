@@ -26,12 +26,9 @@ def _window_logits(model, ids: torch.Tensor) -> torch.Tensor:
     return model(ids[None], use_cache=False).logits[0, :-1].float()
 
 
-def window_scores(base_logits: torch.Tensor, comp_logits: torch.Tensor | None, targets):
-    """Per-window mean NLL of each model, mean KL(base||comp) and top-1 agreement."""
-    out = {"nll_base": float(F.cross_entropy(base_logits, targets))}
-    if comp_logits is None:
-        return out
-    out["nll_comp"] = float(F.cross_entropy(comp_logits, targets))
+def window_scores(base_logits: torch.Tensor, comp_logits: torch.Tensor, targets):
+    """One window: the compressed model's mean NLL, mean KL(base||comp), top-1 agreement."""
+    out = {"nll_comp": float(F.cross_entropy(comp_logits, targets))}
     kl_sum, agree = 0.0, 0
     for s in range(0, base_logits.shape[0], _CHUNK):
         lb = F.log_softmax(base_logits[s : s + _CHUNK], -1)
@@ -56,59 +53,101 @@ def evaluate_perplexity(
 ) -> dict:
     """Score `windows` [n, seq_len] with both models. Returns measurements per side plus the
     per-window numbers the paired comparisons need."""
+    variants = {"compressed": compressed} if compressed is not None else {}
+    many = evaluate_many(
+        baseline, variants, windows, device=device, kld=kld, progress=progress, name=name
+    )
+    one = many["variants"].get("compressed", {"measurements": [], "per_window": {}})
+    per = {"nll_base": many["baseline_per_window"], **one["per_window"]}
+    return {
+        "baseline": many["baseline"],
+        "compressed": one["measurements"],
+        "per_window": per,
+        "windows": many["windows"],
+        "seq_len": many["seq_len"],
+        "tokens_scored": many["tokens_scored"],
+        "seconds": {
+            "base": many["seconds"]["baseline"],
+            "comp": many["seconds"].get("compressed", 0.0),
+        },
+    }
+
+
+def evaluate_many(
+    baseline,
+    variants: dict,
+    windows: torch.Tensor,
+    *,
+    device: str = "cpu",
+    kld: bool = True,
+    progress: bool = True,
+    name: str = "wikitext2",
+) -> dict:
+    """Score the baseline and every variant on the same windows in one pass: each window's
+    baseline logits are computed once and compared with every variant's."""
     from tqdm.auto import tqdm
 
-    per: dict[str, list[float]] = {}
-    times = {"base": 0.0, "comp": 0.0}
+    base_nll: list[float] = []
+    per: dict[str, dict[str, list[float]]] = {k: {} for k in variants}
+    secs = dict.fromkeys(["baseline", *variants], 0.0)
     for ids in tqdm(windows, desc=f"{name} windows", unit="win", disable=not progress):
         ids = ids.to(device)
         t0 = time.perf_counter()
         lb = _window_logits(baseline, ids)
-        t1 = time.perf_counter()
-        lc = _window_logits(compressed, ids) if compressed is not None else None
-        t2 = time.perf_counter()
-        times["base"] += t1 - t0
-        times["comp"] += t2 - t1
-        scores = window_scores(lb, lc, ids[1:])
-        if not kld:
-            scores.pop("kld", None)
-            scores.pop("top1", None)
-        for k, v in scores.items():
-            if not math.isfinite(v):
-                raise FloatingPointError(f"{name}: non-finite {k} in a window")
-            per.setdefault(k, []).append(v)
-        del lb, lc
+        secs["baseline"] += time.perf_counter() - t0
+        base_nll.append(float(F.cross_entropy(lb, ids[1:])))
+        for label, model in variants.items():
+            t0 = time.perf_counter()
+            lc = _window_logits(model, ids)
+            secs[label] += time.perf_counter() - t0
+            scores = window_scores(lb, lc, ids[1:])
+            if not kld:
+                scores.pop("kld", None)
+                scores.pop("top1", None)
+            for k, v in scores.items():
+                if not math.isfinite(v):
+                    raise FloatingPointError(f"{name}: non-finite {k} for {label} in a window")
+                per[label].setdefault(k, []).append(v)
+            del lc
+        del lb
     n_windows, seq_len = windows.shape
     tokens = n_windows * (seq_len - 1)
-    result = {
-        "baseline": _nll_measurements(name, per["nll_base"], tokens),
-        "compressed": _nll_measurements(name, per["nll_comp"], tokens) if "nll_comp" in per else [],
-        "per_window": per,
+    out_variants = {}
+    for label, pw in per.items():
+        ms = _nll_measurements(name, pw["nll_comp"], tokens)
+        if "kld" in pw:
+            ms += _divergence_measurements(pw, tokens)
+        out_variants[label] = {"measurements": ms, "per_window": pw}
+    return {
+        "baseline": _nll_measurements(name, base_nll, tokens),
+        "baseline_per_window": base_nll,
+        "variants": out_variants,
         "windows": n_windows,
         "seq_len": seq_len,
         "tokens_scored": tokens,
-        "seconds": times,
+        "seconds": secs,
     }
-    if "kld" in per:
-        result["compressed"] += [
-            stats.mean_measurement(
-                "kld.mean",
-                per["kld"],
-                "nats/token",
-                False,
-                "per-window mean of the per-token KL(baseline || compressed); "
-                f"n = windows ({tokens} tokens)",
-            ),
-            stats.mean_measurement(
-                "kld.top1_agreement",
-                per["top1"],
-                "fraction",
-                True,
-                "per-window share of positions whose argmax matches the "
-                f"baseline's; n = windows ({tokens} tokens)",
-            ),
-        ]
-    return result
+
+
+def _divergence_measurements(pw: dict[str, list[float]], tokens: int) -> list[dict]:
+    return [
+        stats.mean_measurement(
+            "kld.mean",
+            pw["kld"],
+            "nats/token",
+            False,
+            "per-window mean of the per-token KL(baseline || compressed); "
+            f"n = windows ({tokens} tokens)",
+        ),
+        stats.mean_measurement(
+            "kld.top1_agreement",
+            pw["top1"],
+            "fraction",
+            True,
+            "per-window share of positions whose argmax matches the baseline's; "
+            f"n = windows ({tokens} tokens)",
+        ),
+    ]
 
 
 def _nll_measurements(name: str, nll: list[float], tokens: int) -> list[dict]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from compress.evaluate.perplexity import evaluate_perplexity, window_scores
+from compress.evaluate.perplexity import evaluate_many, evaluate_perplexity, window_scores
 from compress.stats import KEYS
 from compress.testing import tiny_llama
 
@@ -106,7 +106,7 @@ def test_window_scores_kl_against_manual_formula():
     manual = float((pb * (pb.log() - pc.log())).sum(-1).mean())
     assert s["kld"] == pytest.approx(manual, rel=1e-5)
     assert s["top1"] == pytest.approx(float((base.argmax(-1) == comp.argmax(-1)).float().mean()))
-    assert s["nll_base"] == pytest.approx(float(F.cross_entropy(base, targets)))
+    assert s["nll_comp"] == pytest.approx(float(F.cross_entropy(comp, targets)))
 
 
 def test_non_finite_logits_raise(model):
@@ -118,3 +118,15 @@ def test_non_finite_logits_raise(model):
 
     with pytest.raises(FloatingPointError):
         evaluate_perplexity(model, Broken(), WINDOWS[:1], progress=False)
+
+
+def test_evaluate_many_matches_pairwise_runs(model, perturbed):
+    many = evaluate_many(model, {"same": model, "other": perturbed}, WINDOWS, progress=False)
+    pair = evaluate_perplexity(model, perturbed, WINDOWS, progress=False)
+    assert many["baseline_per_window"] == pair["per_window"]["nll_base"]
+    assert many["variants"]["other"]["per_window"] == {
+        k: v for k, v in pair["per_window"].items() if k != "nll_base"
+    }
+    same = _by_name(many["variants"]["same"]["measurements"])
+    assert same["kld.mean"]["value"] == pytest.approx(0.0, abs=1e-6)
+    assert _by_name(many["variants"]["other"]["measurements"])["kld.mean"]["value"] > 0
