@@ -36,17 +36,37 @@ def run_full(recipe_path: str, windows: int, data_dir: str, out: Path) -> dict:
     data["eval"]["wikitext2"]["max_windows"] = windows
     recipe = parse_recipe(data)
     t0 = time.perf_counter()
-    report, _ = apply(recipe, recipe_text=(REPO / recipe_path).read_text(), out_root=out,
-                      data_dir=data_dir, progress=True)
+    report, _ = apply(
+        recipe,
+        recipe_text=(REPO / recipe_path).read_text(),
+        out_root=out,
+        data_dir=data_dir,
+        progress=True,
+    )
     wall = time.perf_counter() - t0
     return {"report": report, "wall_s": wall}
 
 
 def run_quick(recipe_path: str, data_dir: str, out: Path) -> float:
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "compress", "apply", recipe_path, "--quick",
-                           "--out", str(out), "--data-dir", data_dir, "--no-progress"],
-                          cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "compress",
+            "apply",
+            recipe_path,
+            "--quick",
+            "--out",
+            str(out),
+            "--data-dir",
+            data_dir,
+            "--no-progress",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - t0
     if proc.returncode not in (0, 1, 3):
         raise SystemExit(f"quick apply failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -84,37 +104,64 @@ def main() -> None:
                 "decode_ratio_ci95": c["decode.tokens_per_s"].ratio_ci95,
                 "prefill_ratio": c["prefill.tokens_per_s"].ratio,
                 "weights_ratio": c["weights.bytes"].ratio,
-                "ppl_baseline": ppl.baseline, "ppl_compressed": ppl.compressed,
-                "ppl_delta": ppl.delta, "ppl_delta_ci95": ppl.delta_ci95,
+                "ppl_baseline": ppl.baseline,
+                "ppl_compressed": ppl.compressed,
+                "ppl_delta": ppl.delta,
+                "ppl_delta_ci95": ppl.delta_ci95,
                 "kld_mean": kld.value if kld else None,
-                "windows": r.data[0]["windows"], "apply_wall_s": res["wall_s"],
+                "windows": r.data[0]["windows"],
+                "apply_wall_s": res["wall_s"],
                 "quick_apply_wall_s": quick,
-                "decode_tok_s": [c["decode.tokens_per_s"].baseline,
-                                 c["decode.tokens_per_s"].compressed],
+                "decode_tok_s": [
+                    c["decode.tokens_per_s"].baseline,
+                    c["decode.tokens_per_s"].compressed,
+                ],
             }
 
     print("\n\nSmolLM2-135M (baseline: Q4_1 GGUF dequantized to fp32, torch eager, batch 1)")
-    hdr = ("recipe", "decode x", "prefill x", "weights x", "ppl base->comp (delta [CI])",
-           "KLD", "apply s", "quick s")
+    hdr = (
+        "recipe",
+        "decode x",
+        "prefill x",
+        "weights x",
+        "ppl base->comp (delta [CI])",
+        "KLD",
+        "apply s",
+        "quick s",
+    )
     print(" | ".join(hdr))
     for label, c, kld, ppl, wall, quick, _ in rows:
         dci = f"[{ppl.delta_ci95[0]:+.3f}, {ppl.delta_ci95[1]:+.3f}]" if ppl.delta_ci95 else ""
-        print(" | ".join([
-            label, fmt_ratio(c["decode.tokens_per_s"]), fmt_ratio(c["prefill.tokens_per_s"]),
-            f"{c['weights.bytes'].ratio:.3f}x",
-            f"{ppl.baseline:.3f}->{ppl.compressed:.3f} ({ppl.delta:+.3f} {dci})",
-            f"{kld.value:.5f}" if kld else "n/a", f"{wall:.0f}",
-            "skipped" if quick is None else f"{quick:.0f}",
-        ]))
-    print("\ntargets (issue): int8 decode >= 2.5x & weights <= 0.35x; int4 decode >= 2x & "
-          "weights <= 0.25x; --quick apply < 300 s")
+        print(
+            " | ".join(
+                [
+                    label,
+                    fmt_ratio(c["decode.tokens_per_s"]),
+                    fmt_ratio(c["prefill.tokens_per_s"]),
+                    f"{c['weights.bytes'].ratio:.3f}x",
+                    f"{ppl.baseline:.3f}->{ppl.compressed:.3f} ({ppl.delta:+.3f} {dci})",
+                    f"{kld.value:.5f}" if kld else "n/a",
+                    f"{wall:.0f}",
+                    "skipped" if quick is None else f"{quick:.0f}",
+                ]
+            )
+        )
+    print(
+        "\ntargets (issue): int8 decode >= 2.5x & weights <= 0.35x; int4 decode >= 2x & "
+        "weights <= 0.25x; --quick apply < 300 s"
+    )
     for label, c, _, _, _, quick, _ in rows:
         t = TARGETS[label]
         d, w = c["decode.tokens_per_s"].ratio, c["weights.bytes"].ratio
-        print(f"  {label}: decode {d:.2f}x {'MET' if d >= t['decode'] else 'MISSED'}; weights "
-              f"{w:.3f}x {'MET' if w <= t['weights'] else 'MISSED'}"
-              + ("" if quick is None else f"; quick {quick:.0f}s "
-                 f"{'MET' if quick < 300 else 'MISSED'}"))
+        print(
+            f"  {label}: decode {d:.2f}x {'MET' if d >= t['decode'] else 'MISSED'}; weights "
+            f"{w:.3f}x {'MET' if w <= t['weights'] else 'MISSED'}"
+            + (
+                ""
+                if quick is None
+                else f"; quick {quick:.0f}s {'MET' if quick < 300 else 'MISSED'}"
+            )
+        )
     if args.json:
         args.json.write_text(json.dumps(out_json, indent=2))
 

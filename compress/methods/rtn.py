@@ -58,43 +58,17 @@ def _tied_embedding(model, lm_head):
 
 def apply(handle: ModelHandle, cfg: RTNConfig, calibration=None) -> dict:
     import torch
-    from torch import nn
     from tqdm.auto import tqdm
 
     from compress.errors import StageFailed
-    from compress.methods.targets import cast_float_parts, select, set_module
+    from compress.methods.targets import cast_float_parts, select_linears, set_module
     from compress.quant.grid import quantize
     from compress.quant.modules import Int4Linear, Int8Embedding, Int8Linear
 
     t0 = time.perf_counter()
     model = handle.model
     dtype = getattr(torch, cfg.compute_dtype)
-    chosen = {
-        n: m
-        for n, m in select(model, cfg.targets, cfg.ignore, stage="rtn").items()
-        if isinstance(m, nn.Linear)
-    }
-    if not chosen:
-        raise StageFailed(
-            f"rtn: targets {cfg.targets} (minus ignore {cfg.ignore}) match no nn.Linear layer.",
-            fix="Target Linear layers, e.g. targets: [Linear].",
-        )
-    if cfg.group_size:
-        bad = [
-            f"{n} (in_features {m.in_features})"
-            for n, m in chosen.items()
-            if m.in_features % cfg.group_size
-        ]
-        if bad:
-            raise StageFailed(
-                f"rtn.group_size {cfg.group_size} does not divide the input features of "
-                f"{len(bad)} layer(s): {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}.",
-                fix="Pick a group size that divides them (e.g. 32 or 64 for SmolLM2's 576), "
-                "or add those layers to ignore.",
-            )
-    bad = [n for n, m in chosen.items() if not torch.isfinite(m.weight).all()]
-    if bad:  # checked before any layer changes, so a failed stage leaves the model intact
-        raise StageFailed(f"rtn: non-finite weights in layer(s) {', '.join(bad[:5])}.")
+    chosen = select_linears(model, cfg.targets, cfg.ignore, stage="rtn", group_size=cfg.group_size)
     lm_head = getattr(model, "get_output_embeddings", lambda: None)()
     notes: list[str] = []
     n_params = 0

@@ -76,3 +76,47 @@ def cast_float_parts(model: nn.Module, dtype) -> None:
         for name, b in module.named_buffers(recurse=False):
             if b is not None and b.is_floating_point() and name not in skip and b.dtype != dtype:
                 module._buffers[name] = b.to(dtype)
+
+
+def select_linears(
+    model: nn.Module,
+    targets: list[str],
+    ignore: list[str],
+    *,
+    stage: str,
+    group_size: int | None = None,
+) -> dict[str, nn.Linear]:
+    """The nn.Linear layers a weight-quantization stage will touch, checked BEFORE anything
+    changes: at least one layer, `group_size` divides every layer's input features, and no
+    weight is NaN/inf. A failed check leaves the model exactly as it was."""
+    import torch
+
+    from compress.errors import StageFailed
+
+    chosen = {
+        n: m
+        for n, m in select(model, targets, ignore, stage=stage).items()
+        if isinstance(m, nn.Linear)
+    }
+    if not chosen:
+        raise StageFailed(
+            f"{stage}: targets {targets} (minus ignore {ignore}) match no nn.Linear layer.",
+            fix="Target Linear layers, e.g. targets: [Linear].",
+        )
+    if group_size:
+        bad = [
+            f"{n} (in_features {m.in_features})"
+            for n, m in chosen.items()
+            if m.in_features % group_size
+        ]
+        if bad:
+            raise StageFailed(
+                f"{stage}.group_size {group_size} does not divide the input features of "
+                f"{len(bad)} layer(s): {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}.",
+                fix="Pick a group size that divides them (e.g. 32 or 64 for SmolLM2's 576), "
+                "or add those layers to ignore.",
+            )
+    bad = [n for n, m in chosen.items() if not torch.isfinite(m.weight).all()]
+    if bad:
+        raise StageFailed(f"{stage}: non-finite weights in layer(s) {', '.join(bad[:5])}.")
+    return chosen
