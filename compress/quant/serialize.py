@@ -41,6 +41,7 @@ MODULE_KINDS = {
     "int8_linear": "compress.quant.modules:Int8Linear",
     "int4_linear": "compress.quant.modules:Int4Linear",
     "dynamic_int8_linear": "compress.quant.dynamic:DynamicInt8Linear",
+    "bnb_linear": "compress.quant.bnb:BnbLinear",
 }
 
 #: runtime name -> module with `save(handle, tmp_dir)` and `load(path, device) -> ModelHandle`
