@@ -108,7 +108,6 @@ class OrtCache:
 
     tensors: list[np.ndarray] | None = None
     ids: np.ndarray | None = None
-    mask: np.ndarray | None = None
 
     def get_seq_length(self) -> int:
         if self.tensors is not None:
@@ -172,16 +171,23 @@ class OrtCausalLM(nn.Module):
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # no arena: it keeps its peak (e.g. a 2048-token prefill, ~1.3 GB for SmolLM2) for good;
+        # measured: same decode speed, RSS after a 2048-token forward 0.95 GB instead of 2.3 GB
+        opts.enable_cpu_mem_arena = False
         opts.log_severity_level = 3
         self._session = None  # free the old session's weights before building the new one
-        self._session = ort.InferenceSession(self._source, sess_options=opts, providers=self.providers)
+        self._session = ort.InferenceSession(
+            self._source, sess_options=opts, providers=self.providers
+        )
         self.providers = list(self._session.get_providers())
         self._threads = threads
 
     @property
     def session(self):
         if torch.get_num_threads() != self._threads:
-            log.info("torch threads changed to %d: rebuilding the ORT session", torch.get_num_threads())
+            log.info(
+                "torch threads changed to %d: rebuilding the ORT session", torch.get_num_threads()
+            )
             self._build_session()
         return self._session
 
@@ -280,7 +286,12 @@ class OrtCausalLM(nn.Module):
             np.broadcast_to(np.arange(total, dtype=np.int64), ids.shape), dtype=np.int64
         )
         keep = _keep(seq, logits_to_keep) + (total - seq)
-        feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "logits_index": keep}
+        feeds = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": pos,
+            "logits_index": keep,
+        }
         (logits,) = self.session.run(["logits"], feeds)
         out_cache = OrtCache(ids=ids) if use_cache else None
         return OrtOutput(logits=torch.from_numpy(logits).to(device), past_key_values=out_cache)
