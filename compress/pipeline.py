@@ -180,6 +180,7 @@ def _run(
             "wikitext2.perplexity": (pw["nll_base"], pw["nll_comp"]),
             "wikitext2.nll": (pw["nll_base"], pw["nll_comp"]),
         }
+    comp_runtime = getattr(comp.model, "runtime", None) if comp.runtime != "torch" else None
     del base.model, comp.model
     gc.collect()
 
@@ -213,10 +214,10 @@ def _run(
         )
     )
 
-    runtime = {"torch": f"torch {torch.__version__} eager on {device}"}
-    for ms, rt in ((base_ms, "torch"), (comp_ms, comp.runtime)):
+    torch_rt = f"torch {torch.__version__} eager on {device}"
+    for ms, rt in ((base_ms, torch_rt), (comp_ms, comp_runtime or torch_rt)):
         for m in ms:
-            m.setdefault("runtime", runtime.get(rt, f"{rt} on {device}"))
+            m.setdefault("runtime", rt)
     baseline = RunRecord(
         label="baseline",
         model=base.source.describe(),
