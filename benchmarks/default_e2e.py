@@ -7,6 +7,7 @@ of `compress apply --quick` through the CLI. Ratios come from runs measured in t
 process tree minutes apart, so machine noise hits both sides alike; intervals are printed.
 
     python benchmarks/default_e2e.py [--windows 40] [--data-dir ../shared/data] [--skip-quick]
+                                     [--keep reports/examples] [--json out.json]
 """
 
 from __future__ import annotations
@@ -86,13 +87,14 @@ def main() -> None:
     ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--skip-quick", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
+    ap.add_argument("--keep", type=Path, help="write the full runs here instead of a temp dir")
     args = ap.parse_args()
 
     rows, out_json = [], {}
     with tempfile.TemporaryDirectory(prefix="compress-bench-") as tmp:
         for label, path in RECIPES.items():
             print(f"\n=== {label}: full apply, {args.windows} windows of 2048 ===", flush=True)
-            res = run_full(path, args.windows, args.data_dir, Path(tmp) / "full")
+            res = run_full(path, args.windows, args.data_dir, args.keep or Path(tmp) / "full")
             quick = None if args.skip_quick else run_quick(path, args.data_dir, Path(tmp) / "q")
             r = res["report"]
             c = {x.metric: x for x in r.comparisons}

@@ -34,8 +34,19 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 
 def apply(recipe: str, out: Path, data: Path) -> tuple[subprocess.CompletedProcess, Path]:
-    cmd = [sys.executable, "-m", "compress", "apply", recipe, "--quick", "--out", str(out),
-           "--data-dir", str(data), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "compress",
+        "apply",
+        recipe,
+        "--quick",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(data),
+        "--no-progress",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     runs = sorted((out).glob("*/*/report.json"))
     assert runs, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -55,12 +66,15 @@ def runs(tmp_path_factory):
     main, _ = readme_commands()
     readme_recipe = shlex.split(main)[-1]  # the README's main job: run it, quick
     out = tmp_path_factory.mktemp("real")
-    return {r: apply(r, out / Path(r).stem, shared)
-            for r in dict.fromkeys([readme_recipe, "recipes/int8.yaml", "recipes/int4.yaml"])}
+    return {
+        r: apply(r, out / Path(r).stem, shared)
+        for r in dict.fromkeys([readme_recipe, "recipes/int8.yaml", "recipes/int4.yaml"])
+    }
 
 
-@pytest.mark.parametrize(("recipe", "max_weight_ratio"),
-                         [("recipes/int8.yaml", 0.35), ("recipes/int4.yaml", 0.25)])
+@pytest.mark.parametrize(
+    ("recipe", "max_weight_ratio"), [("recipes/int8.yaml", 0.35), ("recipes/int4.yaml", 0.25)]
+)
 def test_real_recipe(runs, recipe, max_weight_ratio):
     import jsonschema
 
@@ -82,6 +96,9 @@ def test_real_recipe(runs, recipe, max_weight_ratio):
     # re-gating the saved report against a stricter bar fails with exit 1
     strict = report_path.parent.parent / f"strict-{Path(recipe).stem}.yaml"
     strict.write_text("gates:\n  - {metric: weights.bytes, max_ratio: 0.01}\n")
-    gate = subprocess.run([sys.executable, "-m", "compress", "gate", str(report_path),
-                           "--gates", str(strict)], capture_output=True, text=True)
+    gate = subprocess.run(
+        [sys.executable, "-m", "compress", "gate", str(report_path), "--gates", str(strict)],
+        capture_output=True,
+        text=True,
+    )
     assert gate.returncode == 1, gate.stdout
