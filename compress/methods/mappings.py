@@ -202,7 +202,7 @@ def layer_groups(
                 skipped.append(
                     f"{sg.prev} -> {', '.join(sg.linears)} not scaled: {sg.prev} has "
                     f"out_features {prev.out_features}, {sg.linears[0]} in_features "
-                    f"{sorted(ins)[0]} (grouped-query attention repeats kv heads); only quantized"
+                    f"{sorted(ins)[0]} (grouped-query attention repeats kv heads): no scale"
                 )
                 continue
             kind = "linear"

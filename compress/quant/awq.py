@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from compress.quant.grid import dequantize, quantize
-
 
 def gram(x: torch.Tensor) -> torch.Tensor:
     """H = X^T X / n for activations [..., in] (float32)."""
@@ -40,8 +38,25 @@ def gram(x: torch.Tensor) -> torch.Tensor:
 def fake_quantize(
     w: torch.Tensor, bits: int, group_size: int | None, symmetric: bool
 ) -> torch.Tensor:
-    """Quantize -> dequantize on compress.quant.grid's grid (float32)."""
-    return dequantize(quantize(w, bits, group_size, symmetric))
+    """Quantize -> dequantize on compress.quant.grid's grid (float32): bit-identical to
+    `dequantize(quantize(w, ...))` (tested), without the uint8 codes and their copies, since
+    the searches call it hundreds of times per layer."""
+    out_f, in_f = w.shape
+    g = in_f if group_size is None else group_size
+    if in_f % g:
+        raise ValueError(f"group_size {g} does not divide in_features {in_f}")
+    wg = w.detach().float().reshape(out_f, in_f // g, g)
+    mid, qmax = 2 ** (bits - 1), 2**bits - 1
+    tiny = torch.finfo(torch.float32).tiny
+    if symmetric:
+        scale = (wg.abs().amax(-1, keepdim=True) / (mid - 1)).clamp(min=tiny)
+        q = (wg / scale).round_().clamp_(-mid, qmax - mid)
+        return q.mul_(scale).reshape(out_f, in_f)
+    lo, hi = torch.aminmax(wg, dim=-1, keepdim=True)
+    scale = ((hi - lo) / qmax).clamp(min=tiny)
+    zero = lo + mid * scale
+    q = (wg - zero).div_(scale).round_().clamp_(-mid, qmax - mid)
+    return q.mul_(scale).add_(zero).reshape(out_f, in_f)
 
 
 def output_error(dw: torch.Tensor, h: torch.Tensor) -> float:

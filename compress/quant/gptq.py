@@ -11,6 +11,7 @@ with H = identity GPTQ returns exactly round-to-nearest's codes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 
@@ -21,17 +22,32 @@ from compress.quant.grid import QuantizedTensor, dequantize, quantize
 log = logging.getLogger(__name__)
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # the int4 kernels' groups (quant/modules.py)
+# The solve is mostly small ops; up to this many weights (rows x cols) it runs on one CPU
+# thread: on a busy 2-core VM six SmolLM2 solves took 1.3 s on one thread and 5-12 s on two
+# (a thread barrier on every small op).
+_ONE_THREAD_MAX = 1 << 22
+_HESSIAN_BLOCK = 384  # columns per block of the x^T x update
 
 
-def hessian_update(
-    H: torch.Tensor | None, x: torch.Tensor, n: int
-) -> tuple[torch.Tensor, int]:
+@contextlib.contextmanager
+def _threads(n: int | None):
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def hessian_update(H: torch.Tensor | None, x: torch.Tensor, n: int) -> tuple[torch.Tensor, int]:
     """Fold a batch of layer inputs `x` [..., in] into the running H = 2/n * sum x^T x.
 
-    H stays float32. The product x^T x runs in x's own dtype: float32 inputs give a float32
-    GEMM; bfloat16/float16 inputs use the low-precision GEMM (float32 accumulation inside the
-    kernel, about 4x faster on CPUs with avx512_bf16), rounded once per batch before the
-    float32 sum. Inputs are pre-scaled by an exact power of two so float16 cannot overflow.
+    H and the product x^T x are float32 whatever x's dtype. (A bfloat16 GEMM would be ~3x
+    faster on CPU, but its bf16-rounded output, 2^-9 relative on every entry, made the damped
+    H of SmolLM2's o_proj indefinite: activations with a few huge channels need float32.)
     """
     x = x.detach().reshape(-1, x.shape[-1])
     m = x.shape[0]
@@ -40,13 +56,17 @@ def hessian_update(
     if m == 0:
         return H, n
     total = n + m
+    x = x.float()
     H.mul_(n / total)
-    if x.dtype == torch.float32:
-        H.addmm_(x.t(), x, alpha=2.0 / total)
-    else:
-        s = 2.0 ** -math.ceil(math.log2(math.sqrt(m)))  # exact scaling: keeps x^T x * s^2 ~ O(x^2)
-        xs = x * s
-        H.add_((xs.t() @ xs).float(), alpha=2.0 / (total * s * s))
+    # upper block-triangle only, mirrored: ~25-30% fewer FLOPs than one full GEMM (measured at
+    # 576 and 1536 wide on 2 cores), bit-identical result
+    d = x.shape[1]
+    nb = max(1, math.ceil(d / _HESSIAN_BLOCK))
+    edges = [round(i * d / nb) for i in range(nb + 1)]
+    for a0, a1 in zip(edges[:-1], edges[1:], strict=True):
+        H[a0:a1, a0:].addmm_(x[:, a0:a1].t(), x[:, a0:], alpha=2.0 / total)
+        if a1 < d:
+            H[a1:, a0:a1] = H[a0:a1, a1:].t()
     return H, total
 
 
@@ -75,6 +95,39 @@ def _chol_inverse_upper(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, flo
     raise ValueError(f"Hessian is not positive definite even with damping {d:g}")
 
 
+def _solve_block(Wt, Qt, U, scale, zero, i1: int, i2: int, groups, grid) -> None:
+    """Quantize columns i1..i2 (rows of the transposed Wt) one by one, each rounding error
+    spread over the block's later columns at once; then the lazy update of later blocks."""
+    bits, symmetric = grid
+    mid, qmax = 2 ** (bits - 1), 2**bits - 1
+    count = i2 - i1
+    W1 = Wt[i1:i2].clone()
+    Err1 = torch.empty_like(W1)
+    U1 = U[i1:i2, i1:i2]
+    s, z = scale[:, 0], zero[:, 0]
+    for i in range(count):
+        c = i1 + i
+        if groups is not None:
+            col_group, group_size, static = groups
+            g = col_group[c]
+            if not static and c % group_size == 0:
+                block = (
+                    W1[i : i + group_size] if i + group_size <= count else Wt[c : c + group_size]
+                )
+                p = quantize(block.t(), bits, None, symmetric)
+                scale[:, g] = p.scale[:, 0]
+                zero[:, g] = p.zero[:, 0]
+            s, z = scale[:, g], zero[:, g]
+        w = W1[i]
+        q = torch.clamp(torch.round((w - z) / s) + mid, 0, qmax)
+        Qt[c] = q
+        err = (w - ((q - mid) * s + z)) / U1[i, i]
+        W1[i:].addr_(U1[i, i:], err, alpha=-1.0)
+        Err1[i] = err
+    if i2 < Wt.shape[0]:
+        Wt[i2:].addmm_(U[i1:i2, i2:].t(), Err1, alpha=-1.0)
+
+
 def gptq_quantize(
     W: torch.Tensor,
     H: torch.Tensor,
@@ -93,7 +146,8 @@ def gptq_quantize(
     its sum by `output_energy(W, H).sum()` for a relative output error.
 
     - dead inputs (diag H == 0) get H_ii = 1 and a zero weight column, as in the reference.
-    - damping adds `damp * mean(diag H)` to the diagonal.
+    - damping adds `damp * mean(diag H)` to the diagonal (raised x10 up to 4 times if H is
+      still not positive definite, with a warning).
     - groups: each group's scale/zero is found when the column loop reaches the group's first
       column, from the weights as updated so far (the reference reads that slice from the
       not-yet-block-updated matrix when a group starts mid-block; this reads the updated one).
@@ -103,6 +157,22 @@ def gptq_quantize(
       grid with no column permutation (g_idx) for the kernels to follow.
     - static_groups without act_order is also allowed (same rule, natural column order).
     """
+    small = W.device.type == "cpu" and W.numel() <= _ONE_THREAD_MAX
+    with _threads(1 if small else None):
+        return _gptq(W, H, bits, group_size, symmetric, act_order, damp, block_size, static_groups)
+
+
+def _gptq(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    bits: int,
+    group_size: int | None = None,
+    symmetric: bool = True,
+    act_order: bool = False,
+    damp: float = 0.01,
+    block_size: int = 128,
+    static_groups: bool | None = None,
+) -> tuple[QuantizedTensor, torch.Tensor]:
     if not 2 <= bits <= 8:
         raise ValueError(f"bits must be in 2..8, got {bits}")
     rows, cols = W.shape
@@ -123,7 +193,6 @@ def gptq_quantize(
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
 
-    mid, qmax = 2 ** (bits - 1), 2**bits - 1
     n_groups = 1 if group_size is None else cols // group_size
     if group_size is None or static_groups:
         fixed = quantize(W, bits, group_size, symmetric)
@@ -146,39 +215,13 @@ def gptq_quantize(
         bs = math.ceil(bs / group_size) * group_size
     Wt = W.t().contiguous()  # [cols, rows]: a column of W is a contiguous row here
     Qt = torch.empty_like(Wt)
-    col_group = (
-        torch.arange(cols, device=dev) // group_size if group_size is not None else None
-    )
+    col_group = torch.arange(cols, device=dev) // group_size if group_size is not None else None
     if perm is not None and col_group is not None:
         col_group = col_group[perm]
-    col_group_list = col_group.tolist() if col_group is not None else None
+    groups = (col_group.tolist(), group_size, static_groups) if col_group is not None else None
+    grid = (bits, symmetric)
     for i1 in range(0, cols, bs):
-        i2 = min(i1 + bs, cols)
-        count = i2 - i1
-        W1 = Wt[i1:i2].clone()
-        Err1 = torch.empty_like(W1)
-        U1 = U[i1:i2, i1:i2]
-        s = scale[:, 0]
-        z = zero[:, 0]
-        for i in range(count):
-            c = i1 + i
-            if col_group_list is not None:
-                g = col_group_list[c]
-                if not static_groups and c % group_size == 0:
-                    block = W1[i : i + group_size] if i + group_size <= count else Wt[c : c + group_size]
-                    p = quantize(block.t(), bits, None, symmetric)
-                    scale[:, g] = p.scale[:, 0]
-                    zero[:, g] = p.zero[:, 0]
-                s = scale[:, g]
-                z = zero[:, g]
-            w = W1[i]
-            q = torch.clamp(torch.round((w - z) / s) + mid, 0, qmax)
-            Qt[c] = q
-            err = (w - ((q - mid) * s + z)) / U1[i, i]
-            W1[i:].addr_(U1[i, i:], err, alpha=-1.0)
-            Err1[i] = err
-        if i2 < cols:
-            Wt[i2:].addmm_(U[i1:i2, i2:].t(), Err1, alpha=-1.0)
+        _solve_block(Wt, Qt, U, scale, zero, i1, min(i1 + bs, cols), groups, grid)
 
     Q = Qt.t()
     if perm is not None:
@@ -218,9 +261,7 @@ def as_int4(qt: QuantizedTensor) -> QuantizedTensor:
         in_f = qt.q.shape[1]
         group = container_group(in_f)
         if group is None:
-            raise ValueError(
-                f"no int4 group size in {INT4_GROUP_SIZES} divides in_features {in_f}"
-            )
+            raise ValueError(f"no int4 group size in {INT4_GROUP_SIZES} divides in_features {in_f}")
         reps = in_f // group
         scale = scale.expand(-1, reps).contiguous()
         zero = zero.expand(-1, reps).contiguous()
