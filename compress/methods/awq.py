@@ -102,12 +102,11 @@ class _StreamStats:
 
 def apply(handle: ModelHandle, cfg: AWQConfig, calibration=None) -> dict:
     import torch
-    from torch import nn
 
     from compress.errors import StageFailed
     from compress.methods.calibrate import sequential
     from compress.methods.mappings import plan as make_plan
-    from compress.methods.targets import cast_float_parts, select, set_module
+    from compress.methods.targets import cast_float_parts, select_linears, set_module
     from compress.quant.awq import search_clip, search_scales
     from compress.quant.grid import quantize
     from compress.quant.modules import Int4Linear
@@ -121,28 +120,7 @@ def apply(handle: ModelHandle, cfg: AWQConfig, calibration=None) -> dict:
             fix="Add a calibration block to the recipe, e.g. calibration: {dataset: "
             "wikitext2-calib, samples: 128, seq_len: 512}.",
         )
-    chosen = {
-        n: m
-        for n, m in select(model, cfg.targets, cfg.ignore, stage="awq").items()
-        if isinstance(m, nn.Linear)
-    }
-    if not chosen:
-        raise StageFailed(
-            f"awq: targets {cfg.targets} (minus ignore {cfg.ignore}) match no nn.Linear layer.",
-            fix="Target Linear layers, e.g. targets: [Linear].",
-        )
-    bad = [
-        f"{n} (in_features {m.in_features})"
-        for n, m in chosen.items()
-        if m.in_features % cfg.group_size
-    ]
-    if bad:
-        raise StageFailed(
-            f"awq.group_size {cfg.group_size} does not divide the input features of "
-            f"{len(bad)} layer(s): {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}.",
-            fix="Pick a group size that divides them (e.g. 32 or 64 for SmolLM2's 576), "
-            "or add those layers to ignore.",
-        )
+    chosen = select_linears(model, cfg.targets, cfg.ignore, stage="awq", group_size=cfg.group_size)
     plan = make_plan(model, chosen, stage="awq")
     dtype = getattr(torch, cfg.compute_dtype)
     qargs = {"bits": 4, "group_size": cfg.group_size, "symmetric": cfg.symmetric}

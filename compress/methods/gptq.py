@@ -143,7 +143,7 @@ def apply(handle: ModelHandle, cfg: GPTQConfig, calibration=None) -> dict:
 
     from compress.errors import StageFailed
     from compress.methods.calibrate import decoder_layers, sequential
-    from compress.methods.targets import cast_float_parts, select, set_module
+    from compress.methods.targets import cast_float_parts, select_linears, set_module
     from compress.quant.gptq import as_int4, container_group, gptq_quantize, output_energy
     from compress.quant.grid import QuantizedTensor, dequantize
     from compress.quant.modules import Int4Linear, Int8Linear
@@ -158,16 +158,7 @@ def apply(handle: ModelHandle, cfg: GPTQConfig, calibration=None) -> dict:
     model = handle.model
     dtype = getattr(torch, cfg.compute_dtype)
     calib_dtype = getattr(torch, cfg.calibration_dtype or cfg.compute_dtype)
-    chosen = {
-        n: m
-        for n, m in select(model, cfg.targets, cfg.ignore, stage="gptq").items()
-        if isinstance(m, nn.Linear)
-    }
-    if not chosen:
-        raise StageFailed(
-            f"gptq: targets {cfg.targets} (minus ignore {cfg.ignore}) match no nn.Linear layer.",
-            fix="Target Linear layers, e.g. targets: [Linear].",
-        )
+    chosen = select_linears(model, cfg.targets, cfg.ignore, stage="gptq")
     prefix, layers = decoder_layers(model)
     outside = [n for n in chosen if not n.startswith(prefix + ".")]
     if outside:
