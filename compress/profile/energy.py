@@ -75,6 +75,8 @@ class _Nvml:
         self._joules = 0.0
         self._stop.clear()  # the meter may be entered once per repeat
         self._last = (time.perf_counter(), self._watts())
+        self._t_start = self._last[0]
+        self.span_s = None
         self._thread = threading.Thread(target=self._run, name="nvml-power", daemon=True)
         self._thread.start()
 
@@ -99,6 +101,7 @@ class _Nvml:
         if self._thread is not None:
             self._thread.join()
         self._sample()
+        self.span_s = self._last[0] - self._t_start  # the span the integral really covers
         return self._joules
 
     def close(self) -> None:
@@ -226,6 +229,7 @@ class EnergyMeter:
                     None, "unavailable", f"{self.source} reading failed: {e}", self.source, wall
                 )
                 return
+            wall = getattr(self._backend, "span_s", None) or wall  # energy and time: one span
             self.result = EnergyResult(joules, "measured", self._measured_note(), self.source, wall)
         elif self.source == "stated-power":
             assert self.power_watts is not None
