@@ -159,7 +159,7 @@ def apply(handle: ModelHandle, cfg: GPTQConfig, calibration=None) -> dict:
     dtype = getattr(torch, cfg.compute_dtype)
     calib_dtype = getattr(torch, cfg.calibration_dtype or cfg.compute_dtype)
     chosen = select_linears(model, cfg.targets, cfg.ignore, stage="gptq")
-    prefix, layers = decoder_layers(model)
+    prefix, _ = decoder_layers(model)
     outside = [n for n in chosen if not n.startswith(prefix + ".")]
     if outside:
         raise StageFailed(

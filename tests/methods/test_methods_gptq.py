@@ -224,13 +224,12 @@ def test_config_int8_message_names_fields():
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(
-    reason="KNOWN FAILURE (issue 3 open): measured 2026-11-22 on 2 windows of 512 with 8x256 "
-    "calibration: base 28.23, gptq int4 g64 40.20, rtn int4 g64 37.92; GPTQ does not yet beat "
-    "RTN on the real model",
-    strict=True,
-)
 def test_smollm2_gptq_beats_rtn(shared_data):
+    """The recipe's configuration (asymmetric, act_order with static groups) against RTN int4
+    g64, symmetric and asymmetric, with little calibration (8 x 256) on 2 windows of 512.
+    Measured 2026-11-22: base 28.23, rtn sym 37.92, rtn asym 36.19, this gptq 31.42. (Without
+    act_order, symmetric GPTQ at 8 x 256 scored 40.20, worse than RTN: act_order matters on
+    SmolLM2, and 2048 calibration tokens are too few for the 1536-wide down_proj Hessians.)"""
     from compress import models
     from compress.data import token_windows, wikitext2_test
     from compress.evaluate.perplexity import evaluate_perplexity
@@ -242,12 +241,13 @@ def test_smollm2_gptq_beats_rtn(shared_data):
     calib = load_calibration(base.tokenizer, Calibration(samples=8, seq_len=256), shared_data)
     ppl = {}
     for name, apply, cfg in (
-        ("rtn", rtn.apply, rtn.RTNConfig(bits=4, group_size=64)),
-        ("gptq", gptq.apply, GPTQConfig(bits=4, group_size=64)),
+        ("rtn_sym", rtn.apply, rtn.RTNConfig(bits=4, group_size=64)),
+        ("rtn_asym", rtn.apply, rtn.RTNConfig(bits=4, group_size=64, symmetric=False)),
+        ("gptq", gptq.apply, GPTQConfig(bits=4, group_size=64, symmetric=False, act_order=True)),
     ):
         h = copy.deepcopy(base)
         apply(h, cfg, calib)
         res = evaluate_perplexity(base.model, h.model, windows, progress=False)
         ppl[name] = res["compressed"][0]["value"]
         ppl["base"] = res["baseline"][0]["value"]
-    assert ppl["base"] < ppl["gptq"] < ppl["rtn"], ppl
+    assert ppl["base"] < ppl["gptq"] < min(ppl["rtn_sym"], ppl["rtn_asym"]), ppl
