@@ -7,9 +7,11 @@ Per decoder layer, through the shared sequential loop (compress/methods/calibrat
               (quant/smooth.py); 1 / s folded into the producer (norm weight; v_proj rows for
               o_proj when shapes allow; up_proj rows for down_proj), s into the weight columns:
               exactly output-preserving in float
-    quantize  (w8a8: true) targeted linears -> DynamicInt8Linear: torch.ao fbgemm W8A8 with
-              per-channel int8 weights and one dynamic activation scale per tensor, which is
-              where smoothing pays off. The loop then recomputes the layer's outputs with it.
+    quantize  (w8a8: true) targeted linears -> on CPU DynamicInt8Linear: torch.ao fbgemm W8A8
+              with per-channel int8 weights and one dynamic activation scale per tensor; on
+              CUDA W8A8Linear: int8 x int8 GEMM (torch._int_mm) with one dynamic activation
+              scale per token (quant/w8a8.py). Smoothing pays off in the activation scale.
+              The loop then recomputes the layer's outputs with it.
 
 With w8a8: false the stage only smooths (float weights), so another method can follow.
 Targeted linears outside the decoder layers (lm_head when not ignored) are quantized unsmoothed.
@@ -69,11 +71,12 @@ def apply(handle: ModelHandle, cfg: SmoothQuantConfig, calibration=None) -> dict
             fix="Add a calibration block to the recipe, e.g. calibration: {dataset: "
             "wikitext2-calib, samples: 128, seq_len: 512}.",
         )
-    if cfg.w8a8 and handle.device != "cpu":
+    on_cuda = torch.device(handle.device).type == "cuda"
+    if cfg.w8a8 and torch.device(handle.device).type not in ("cpu", "cuda"):
         raise StageFailed(
-            f"smoothquant w8a8 runs on torch.ao's CPU kernels; this run uses device "
+            f"smoothquant w8a8 has int8 kernels for cpu and cuda; this run uses device "
             f"'{handle.device}'.",
-            fix="Run with --device cpu, or set w8a8: false and follow with another method.",
+            fix="Run with --device cpu or cuda, or set w8a8: false and follow with another method.",
         )
     chosen = {
         n: m
@@ -87,11 +90,31 @@ def apply(handle: ModelHandle, cfg: SmoothQuantConfig, calibration=None) -> dict
             fix="Target Linear layers, e.g. targets: [Linear].",
         )
     plan = make_plan(model, chosen, stage="smoothquant")
-    if cfg.w8a8:
+    if cfg.w8a8 and on_cuda:
+        from compress.quant.w8a8 import W8A8Linear, supports
+
+        odd = [n for n, m in chosen.items() if not supports(m.in_features, m.out_features)]
+        if odd:
+            raise StageFailed(
+                f"smoothquant w8a8 on cuda: the int8 GEMM needs feature sizes that are "
+                f"multiples of 8; {', '.join(odd[:3])} are not.",
+                fix="Add those layers to ignore:, or run on --device cpu.",
+            )
+
+        def quantized(lin):
+            return W8A8Linear.from_float(lin, lin.weight.dtype, cfg.per_channel)
+
+        quant_cls, kernel = W8A8Linear, "torch._int_mm (cuBLASLt int8 GEMM)"
+    elif cfg.w8a8:
         from compress.quant.dynamic import DynamicInt8Linear
 
         cast_float_parts(model, torch.float32)
         handle.dtype = "float32"
+
+        def quantized(lin):
+            return DynamicInt8Linear.from_float(lin, cfg.per_channel)
+
+        quant_cls, kernel = DynamicInt8Linear, "torch.ao quantized::linear_dynamic (fbgemm)"
 
     def on_layer(ctx) -> dict:
         groups, targets = plan.groups[ctx.index], plan.targets[ctx.index]
@@ -116,7 +139,7 @@ def apply(handle: ModelHandle, cfg: SmoothQuantConfig, calibration=None) -> dict
         if cfg.w8a8:
             for t in targets:
                 lin = ctx.layer.get_submodule(t)
-                set_module(ctx.layer, t, DynamicInt8Linear.from_float(lin, cfg.per_channel))
+                set_module(ctx.layer, t, quantized(lin))
         return rec
 
     records = sequential(
@@ -125,13 +148,17 @@ def apply(handle: ModelHandle, cfg: SmoothQuantConfig, calibration=None) -> dict
     notes = list(plan.notes)
     if cfg.w8a8:
         for name in plan.outside:
-            set_module(model, name, DynamicInt8Linear.from_float(chosen[name], cfg.per_channel))
+            set_module(model, name, quantized(chosen[name]))
         if plan.outside:
             notes.append(f"{', '.join(plan.outside)}: outside the decoder layers, not smoothed")
         lm_head = getattr(model, "get_output_embeddings", lambda: None)()
-        if lm_head is not None and isinstance(lm_head, DynamicInt8Linear):
-            notes.append("lm_head untied from the input embedding, which stays float32")
-        notes.append("activations quantized per tensor at run time (fbgemm dynamic linear)")
+        if lm_head is not None and isinstance(lm_head, quant_cls):
+            notes.append(f"lm_head untied from the input embedding, which stays {handle.dtype}")
+        notes.append(
+            "activations quantized per token at run time (int8 GEMM)"
+            if on_cuda
+            else "activations quantized per tensor at run time (fbgemm dynamic linear)"
+        )
     pairs = [v for r in records for v in r.get("act_absmax", {}).values()]
     if pairs:
         ratio = sum(a / max(b, 1e-30) for a, b in pairs) / len(pairs)
@@ -151,7 +178,7 @@ def apply(handle: ModelHandle, cfg: SmoothQuantConfig, calibration=None) -> dict
         f"({n_params / 1e6:.1f}M weights)",
         "layers": len(chosen),
         "weights_quantized": n_params if cfg.w8a8 else 0,
-        "kernel": "torch.ao quantized::linear_dynamic (fbgemm)" if cfg.w8a8 else "none (float)",
+        "kernel": kernel if cfg.w8a8 else "none (float)",
         "compute_dtype": handle.dtype,
         "notes": notes,
         "seconds": time.perf_counter() - t0,

@@ -42,6 +42,7 @@ MODULE_KINDS = {
     "int4_linear": "compress.quant.modules:Int4Linear",
     "dynamic_int8_linear": "compress.quant.dynamic:DynamicInt8Linear",
     "bnb_linear": "compress.quant.bnb:BnbLinear",
+    "w8a8_linear": "compress.quant.w8a8:W8A8Linear",
 }
 
 #: runtime name -> module with `save(handle, tmp_dir)` and `load(path, device) -> ModelHandle`

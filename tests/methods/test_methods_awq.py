@@ -245,12 +245,9 @@ def test_config_defaults_and_recipe_shape():
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(
-    reason="KNOWN FAILURE (issue 3 open): measured 2026-11-22: base 36.19, awq 31.91, rtn 36.19 "
-    "(rtn equal to base and awq below base: the comparison itself is suspect)",
-    strict=True,
-)
 def test_awq_beats_rtn_on_smollm2(shared_data):
+    """AWQ int4 g64 against RTN int4 g64 asymmetric, 8 x 256 calibration, 2 windows of 512.
+    Measured 2026-11-22: base 28.23, awq 31.91, rtn 36.19."""
     import copy
 
     from compress import models
@@ -265,8 +262,7 @@ def test_awq_beats_rtn_on_smollm2(shared_data):
 
     def ppl(h) -> tuple[float, float]:
         r = evaluate_perplexity(base.model, h.model, windows, progress=False)
-        get = {m["name"]: m["value"] for m in r["baseline"] + r["compressed"]}
-        return get["wikitext2.perplexity"], r["compressed"][0]["value"]
+        return r["baseline"][0]["value"], r["compressed"][0]["value"]
 
     h_rtn = copy.deepcopy(base)
     rtn.apply(h_rtn, rtn.RTNConfig(bits=4, group_size=64, symmetric=False))
