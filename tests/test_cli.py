@@ -264,3 +264,28 @@ def test_shipped_recipes_validate():
     for recipe in sorted(Path(__file__).resolve().parents[1].glob("recipes/*.yaml")):
         res = run("validate", recipe)
         assert res.exit_code == 0, (recipe, res.output)
+
+
+@pytest.mark.gpu
+def test_apply_on_cuda_end_to_end(tmp_path, tiny_model_dir, tiny_data_dir):
+    """The whole loop on the GPU: CUDA kernels, allocator peaks, NVML energy, gpu named."""
+    recipe = write(tmp_path / "tiny.yaml", tiny_recipe(tiny_model_dir))
+    out = tmp_path / "reports"
+    res = run(
+        "apply",
+        recipe,
+        "--out",
+        out,
+        "--quick",
+        "--device",
+        "cuda",
+        "--data-dir",
+        tiny_data_dir,
+        "--no-progress",
+    )
+    assert res.exit_code == 0, res.output
+    data = json.loads(next((out / "tiny-int4").iterdir()).joinpath("report.json").read_text())
+    assert data["environment"]["device"].startswith("cuda") and data["environment"]["gpu"]
+    by = {m["name"]: m for m in data["compressed"]["measurements"]}
+    assert by["memory.peak_allocated_bytes"]["value"] > 0
+    assert by["energy.joules_per_token"]["status"] == "measured", by["energy.joules_per_token"]

@@ -63,7 +63,12 @@ def apply(handle: ModelHandle, cfg: RTNConfig, calibration=None) -> dict:
     from compress.errors import StageFailed
     from compress.methods.targets import cast_float_parts, select_linears, set_module
     from compress.quant.grid import quantize
-    from compress.quant.modules import Int4Linear, Int8Embedding, Int8Linear
+    from compress.quant.modules import (
+        Int4Linear,
+        Int8Embedding,
+        Int8Linear,
+        has_int8_weight_kernel,
+    )
 
     t0 = time.perf_counter()
     model = handle.model
@@ -96,6 +101,14 @@ def apply(handle: ModelHandle, cfg: RTNConfig, calibration=None) -> dict:
     cast_float_parts(model, dtype)
     handle.dtype = cfg.compute_dtype
     kernel = {8: "aten._weight_int8pack_mm", 4: "aten._weight_int4pack_mm"}[cfg.bits]
+    if cfg.bits == 4 and torch.device(handle.device).type == "cpu":
+        kernel += "_for_cpu"
+    if cfg.bits == 8 and not has_int8_weight_kernel(torch.device(handle.device), dtype):
+        kernel = "none: int8 weights dequantized per call (no int8 weight-only kernel here)"
+        notes.append(
+            f"no int8 weight-only kernel on {handle.device}: weights are dequantized "
+            "at every call, so memory drops but speed may not"
+        )
     grid = "symmetric" if cfg.symmetric else "asymmetric (min/max, float zero)"
     return {
         "method": "rtn",
@@ -104,7 +117,7 @@ def apply(handle: ModelHandle, cfg: RTNConfig, calibration=None) -> dict:
         + f", {len(chosen)} Linear layers ({n_params / 1e6:.1f}M weights)",
         "layers": len(chosen),
         "weights_quantized": n_params,
-        "kernel": kernel + ("_for_cpu" if cfg.bits == 4 and handle.device == "cpu" else ""),
+        "kernel": kernel,
         "compute_dtype": cfg.compute_dtype,
         "notes": notes + [f"float parts of the model now compute in {cfg.compute_dtype}"],
         "seconds": time.perf_counter() - t0,

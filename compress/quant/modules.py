@@ -35,6 +35,25 @@ def _load_bias(bias, tensors: dict[str, torch.Tensor]) -> None:
         bias.data.copy_(tensors["bias"].to(bias.dtype))
 
 
+_INT8_KERNEL: dict[tuple[str, torch.dtype], bool] = {}
+
+
+def has_int8_weight_kernel(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether `aten._weight_int8pack_mm` runs on this device type and dtype (probed once:
+    CPU has it; CUDA builds differ between torch versions)."""
+    key = (device.type, dtype)
+    if key not in _INT8_KERNEL:
+        try:
+            x = torch.zeros(1, 32, dtype=dtype, device=device)
+            w = torch.zeros(8, 32, dtype=torch.int8, device=device)
+            torch._weight_int8pack_mm(x, w, torch.ones(8, dtype=dtype, device=device))
+            _INT8_KERNEL[key] = True
+        except (RuntimeError, NotImplementedError) as e:
+            log.info("no int8 weight-only kernel on %s/%s (%s): dequantizing", *key, e)
+            _INT8_KERNEL[key] = False
+    return _INT8_KERNEL[key]
+
+
 def _flat(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]).to(dtype)
 
@@ -77,9 +96,9 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = _flat(x, self.compute_dtype)
-        if x2.device.type == "cpu":
+        if has_int8_weight_kernel(x2.device, self.compute_dtype):
             y = torch._weight_int8pack_mm(x2, self.qweight, self.scale)
-        else:  # no int8 weight-only kernel relied on off CPU: dequantize per call (reported)
+        else:  # no int8 weight-only kernel on this device: dequantize per call (reported)
             y = F.linear(x2, self.qweight.to(self.compute_dtype) * self.scale[:, None])
         if self.bias is not None:
             y = y + self.bias

@@ -107,3 +107,21 @@ def test_cuda_without_nvml_module_is_unavailable():
         pass
     assert m.result.joules is None
     assert "NVML failed" in m.result.reason and "no power_watts" in m.result.reason
+
+
+@pytest.mark.gpu
+def test_nvml_measures_gpu_energy_for_real_work():
+    """On a GPU machine the meter picks NVML and reads a positive, plausible energy."""
+    import torch
+
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    with EnergyMeter("cuda") as m:
+        for _ in range(200):
+            a = (a @ a).clamp_(-1, 1)
+        torch.cuda.synchronize()
+    r = m.result
+    m.close()
+    assert m.source in ("nvml", "nvml-power"), m._tried
+    assert r.status == "measured"
+    assert r.joules > 0
+    assert 10 < r.joules / r.wall_s < 1500  # mean watts of one GPU under load

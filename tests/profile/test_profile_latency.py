@@ -89,3 +89,25 @@ def test_greedy_ids_match_hf_generate(handle):
 def test_too_long_for_the_model(handle):
     with pytest.raises(BadInput, match="max_position_embeddings"):
         _run(handle, prompt_tokens=250, new_tokens=10)
+
+
+@pytest.mark.gpu
+def test_cuda_profile_uses_cuda_events_and_allocator_peaks():
+    h = tiny_handle(seed=1, initializer_range=0.2)
+    h.model.to("cuda")
+    res = profile_generation(
+        h.model,
+        h.tokenizer,
+        prompt_tokens=16,
+        new_tokens=4,
+        warmup=1,
+        repeats=2,
+        device="cuda",
+        progress=False,
+    )
+    ms = {m["name"]: m for m in res["measurements"]}
+    assert "memory.peak_rss_bytes" not in ms
+    assert ms["memory.peak_allocated_bytes"]["value"] > 0
+    assert ms["memory.peak_reserved_bytes"]["value"] >= ms["memory.peak_allocated_bytes"]["value"]
+    assert "CUDA events" in ms["decode.tokens_per_s"]["method"]
+    assert ms["decode.tokens_per_s"]["value"] > 0

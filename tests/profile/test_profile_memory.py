@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -63,3 +64,14 @@ def test_dir_bytes(tmp_path):
     (tmp_path / "link").symlink_to(tmp_path / "a")  # same inode: not counted twice
     assert dir_bytes(tmp_path) == 150
     assert dir_bytes(tmp_path / "a") == 100
+
+
+@pytest.mark.gpu
+def test_cuda_memory_peaks_see_an_allocation():
+    from compress.profile.memory import cuda_memory
+
+    with cuda_memory("cuda") as peaks:
+        x = torch.empty(64 * 2**20, dtype=torch.uint8, device="cuda")
+        del x
+    assert peaks.peak_allocated >= 64 * 2**20
+    assert peaks.peak_reserved >= peaks.peak_allocated

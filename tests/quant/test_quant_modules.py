@@ -170,3 +170,23 @@ def test_int8_embedding_shares_data_ptr_in_rtn_model():
     assert isinstance(emb, Int8Embedding) and isinstance(head, Int8Linear)
     assert emb.weight_source.qweight.data_ptr() == head.qweight.data_ptr()
     assert emb.weight_source.scale.data_ptr() == head.scale.data_ptr()
+
+
+# -- CUDA (run where a GPU is present; skipped elsewhere) ------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("make", [_int8, _int4], ids=["int8", "int4"])
+def test_cuda_kernels_match_the_cpu_kernels(make):
+    """tinygemm int4 / int8 weight-only on CUDA give the CPU kernel's result, and export the
+    same portable codes (the saved model does not depend on where it was quantized)."""
+    lin = _linear(256, 128)
+    cpu, qt = make(lin)
+    gpu, _ = make(lin.cuda())
+    assert gpu.qweight.is_cuda
+    x = torch.randn(3, 256)
+    y_cpu = cpu(x.to(BF16))
+    y_gpu = gpu(x.cuda().to(BF16)).cpu()
+    assert _rel_err(y_gpu, y_cpu) < 2e-2
+    for k, t in cpu.export().items():
+        assert torch.equal(gpu.export()[k].cpu(), t), k
