@@ -27,14 +27,12 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from compress._config import StageBase
+from compress._config import INT4_GROUP_SIZES, StageBase
 
 if TYPE_CHECKING:
     from compress.handle import ModelHandle
 
 log = logging.getLogger(__name__)
-
-INT4_GROUP_SIZES = (32, 64, 128, 256)  # what Int4Linear's kernels accept
 
 
 class AWQConfig(StageBase):
@@ -109,7 +107,7 @@ def apply(handle: ModelHandle, cfg: AWQConfig, calibration=None) -> dict:
     from compress.methods.targets import cast_float_parts, select_linears, set_module
     from compress.quant.awq import search_clip, search_scales
     from compress.quant.grid import quantize
-    from compress.quant.modules import Int4Linear
+    from compress.quant.modules import Int4Linear, weight_only_kernel
     from compress.quant.smooth import fold_into_linear_rows, fold_into_norm, scale_input_columns
 
     t0 = time.perf_counter()
@@ -239,7 +237,7 @@ def apply(handle: ModelHandle, cfg: AWQConfig, calibration=None) -> dict:
         f"{calibration.input_ids.shape[1]} calibration tokens",
         "layers": len(chosen),
         "weights_quantized": n_params,
-        "kernel": "aten._weight_int4pack_mm" + ("_for_cpu" if handle.device == "cpu" else ""),
+        "kernel": weight_only_kernel(4, handle.device, dtype),
         "compute_dtype": cfg.compute_dtype,
         "notes": notes,
         "seconds": time.perf_counter() - t0,

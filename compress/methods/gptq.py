@@ -22,14 +22,12 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from compress._config import StageBase
+from compress._config import StageBase, check_weight_grid
 
 if TYPE_CHECKING:
     from compress.handle import ModelHandle
 
 log = logging.getLogger(__name__)
-
-INT4_GROUP_SIZES = (32, 64, 128, 256)  # what the int4 kernels accept (quant/modules.py)
 
 
 class GPTQConfig(StageBase):
@@ -57,20 +55,7 @@ class GPTQConfig(StageBase):
 
     @model_validator(mode="after")
     def _kernel_constraints(self) -> GPTQConfig:
-        if self.bits == 8 and (self.group_size is not None or not self.symmetric):
-            raise ValueError(
-                "bits 8 runs on the per-channel symmetric int8 kernel: set group_size: null "
-                "and symmetric: true"
-            )
-        if (
-            self.bits <= 4
-            and self.group_size is not None
-            and self.group_size not in INT4_GROUP_SIZES
-        ):
-            raise ValueError(
-                f"bits {self.bits} is stored for the int4 kernel: group_size must be one of "
-                f"{list(INT4_GROUP_SIZES)} or null (per channel); got {self.group_size}"
-            )
+        check_weight_grid(self.bits, self.group_size, self.symmetric)
         return self
 
 
@@ -144,9 +129,9 @@ def apply(handle: ModelHandle, cfg: GPTQConfig, calibration=None) -> dict:
     from compress.errors import StageFailed
     from compress.methods.calibrate import decoder_layers, sequential
     from compress.methods.targets import cast_float_parts, select_linears, set_module
-    from compress.quant.gptq import as_int4, container_group, gptq_quantize, output_energy
-    from compress.quant.grid import QuantizedTensor, dequantize
-    from compress.quant.modules import Int4Linear, Int8Linear
+    from compress.quant.gptq import gptq_quantize, output_energy
+    from compress.quant.grid import QuantizedTensor, as_int4, dequantize
+    from compress.quant.modules import Int4Linear, Int8Linear, weight_only_kernel
 
     t0 = time.perf_counter()
     if calibration is None:
@@ -158,7 +143,9 @@ def apply(handle: ModelHandle, cfg: GPTQConfig, calibration=None) -> dict:
     model = handle.model
     dtype = getattr(torch, cfg.compute_dtype)
     calib_dtype = getattr(torch, cfg.calibration_dtype or cfg.compute_dtype)
-    chosen = select_linears(model, cfg.targets, cfg.ignore, stage="gptq")
+    chosen = select_linears(
+        model, cfg.targets, cfg.ignore, stage="gptq", group_size=cfg.group_size, bits=cfg.bits
+    )
     prefix, _ = decoder_layers(model)
     outside = [n for n in chosen if not n.startswith(prefix + ".")]
     if outside:
@@ -167,36 +154,6 @@ def apply(handle: ModelHandle, cfg: GPTQConfig, calibration=None) -> dict:
             f"{len(outside)} targeted layer(s) lie outside: {', '.join(outside[:5])}.",
             fix="Add them to ignore and quantize them with an rtn stage (e.g. lm_head at bits 8).",
         )
-
-    def _bad(names_features):
-        return ", ".join(names_features[:5]) + (" ..." if len(names_features) > 5 else "")
-
-    if cfg.group_size:
-        bad = [
-            f"{n} (in_features {m.in_features})"
-            for n, m in chosen.items()
-            if m.in_features % cfg.group_size
-        ]
-        if bad:
-            raise StageFailed(
-                f"gptq.group_size {cfg.group_size} does not divide the input features of "
-                f"{len(bad)} layer(s): {_bad(bad)}.",
-                fix="Pick a group size that divides them (e.g. 32 or 64 for SmolLM2's 576), "
-                "or add those layers to ignore.",
-            )
-    elif cfg.bits <= 4:
-        bad = [
-            f"{n} (in_features {m.in_features})"
-            for n, m in chosen.items()
-            if container_group(m.in_features) is None
-        ]
-        if bad:
-            raise StageFailed(
-                f"gptq per-channel int{cfg.bits} is stored in int4 groups of "
-                f"{list(INT4_GROUP_SIZES)}, none of which divides the input features of "
-                f"{len(bad)} layer(s): {_bad(bad)}.",
-                fix="Add those layers to ignore.",
-            )
 
     static = cfg.act_order and cfg.group_size is not None
     by_layer: dict[int, dict[str, nn.Linear]] = {}
@@ -332,7 +289,6 @@ def apply(handle: ModelHandle, cfg: GPTQConfig, calibration=None) -> dict:
             "in_features) with the channel's scale repeated in each group (exact)"
         )
     notes.append(f"float parts of the model now compute in {cfg.compute_dtype}")
-    kernel = "aten._weight_int8pack_mm" if cfg.bits == 8 else "aten._weight_int4pack_mm"
     errs = sorted(errors.values())
     worst = max(errors, key=errors.get)
     return {
@@ -342,7 +298,7 @@ def apply(handle: ModelHandle, cfg: GPTQConfig, calibration=None) -> dict:
         + f", {len(chosen)} Linear layers ({n_params / 1e6:.1f}M weights)",
         "layers": len(chosen),
         "weights_quantized": n_params,
-        "kernel": kernel + ("_for_cpu" if cfg.bits != 8 and handle.device == "cpu" else ""),
+        "kernel": weight_only_kernel(cfg.bits, handle.device, dtype),
         "compute_dtype": cfg.compute_dtype,
         "static_groups": static,
         "output_error": {

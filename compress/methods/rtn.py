@@ -13,21 +13,21 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
-from compress._config import StageBase
+from compress._config import StageBase, check_weight_grid
 
 if TYPE_CHECKING:
     from compress.handle import ModelHandle
 
 log = logging.getLogger(__name__)
 
-INT4_GROUP_SIZES = (32, 64, 128, 256)  # what the int4 kernels accept (quant/modules.py)
-
 
 class RTNConfig(StageBase):
     method: Literal["rtn"] = "rtn"
-    bits: Literal[4, 8]
+    bits: Literal[2, 3, 4, 8]
     group_size: int | None = Field(
-        None, description="inputs per scale; null = one scale per output channel (int8 only)"
+        None,
+        description="inputs per scale; null = one scale per output channel (at 2-4 bits stored "
+        "in int4 groups with the scale repeated)",
     )
     symmetric: bool = Field(True, description="false = min/max grid with a float zero point")
     compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
@@ -36,16 +36,7 @@ class RTNConfig(StageBase):
 
     @model_validator(mode="after")
     def _kernel_constraints(self) -> RTNConfig:
-        if self.bits == 8 and (self.group_size is not None or not self.symmetric):
-            raise ValueError(
-                "bits 8 runs on the per-channel symmetric int8 kernel: set group_size: null "
-                "and symmetric: true"
-            )
-        if self.bits == 4 and self.group_size not in INT4_GROUP_SIZES:
-            raise ValueError(
-                f"bits 4 needs group_size in {list(INT4_GROUP_SIZES)} (int4 kernel groups); "
-                f"got {self.group_size}"
-            )
+        check_weight_grid(self.bits, self.group_size, self.symmetric)
         return self
 
 
@@ -62,18 +53,20 @@ def apply(handle: ModelHandle, cfg: RTNConfig, calibration=None) -> dict:
 
     from compress.errors import StageFailed
     from compress.methods.targets import cast_float_parts, select_linears, set_module
-    from compress.quant.grid import quantize
+    from compress.quant.grid import as_int4, quantize
     from compress.quant.modules import (
         Int4Linear,
         Int8Embedding,
         Int8Linear,
-        has_int8_weight_kernel,
+        weight_only_kernel,
     )
 
     t0 = time.perf_counter()
     model = handle.model
     dtype = getattr(torch, cfg.compute_dtype)
-    chosen = select_linears(model, cfg.targets, cfg.ignore, stage="rtn", group_size=cfg.group_size)
+    chosen = select_linears(
+        model, cfg.targets, cfg.ignore, stage="rtn", group_size=cfg.group_size, bits=cfg.bits
+    )
     lm_head = getattr(model, "get_output_embeddings", lambda: None)()
     notes: list[str] = []
     n_params = 0
@@ -83,7 +76,10 @@ def apply(handle: ModelHandle, cfg: RTNConfig, calibration=None) -> dict:
         qt = quantize(lin.weight, cfg.bits, cfg.group_size, cfg.symmetric)
         if not (torch.isfinite(qt.scale).all() and torch.isfinite(qt.zero).all()):
             raise StageFailed(f"rtn: layer '{name}' has non-finite weights or scales.")
-        new = (Int8Linear if cfg.bits == 8 else Int4Linear).from_float(lin, qt, dtype)
+        if cfg.bits == 8:
+            new = Int8Linear.from_float(lin, qt, dtype)
+        else:  # 2/3-bit codes and per-channel grids sit exactly in int4 containers
+            new = Int4Linear.from_float(lin, as_int4(qt), dtype)
         tied = _tied_embedding(model, lin) if lin is lm_head else None
         set_module(model, name, new)
         n_params += lin.weight.numel()
@@ -98,17 +94,16 @@ def apply(handle: ModelHandle, cfg: RTNConfig, calibration=None) -> dict:
                 f"{name} untied from the input embedding, which stays in {cfg.compute_dtype}"
                 " (no int4 embedding lookup): the embedding is NOT compressed"
             )
+    if cfg.bits in (2, 3):
+        notes.append(f"{cfg.bits}-bit codes stored in 4-bit containers: memory as int4")
+    if cfg.bits <= 4 and cfg.group_size is None:
+        notes.append(
+            "per-channel scales stored as int4 groups (largest of 256/128/64/32 dividing "
+            "in_features) with the channel's scale repeated in each group (exact)"
+        )
     cast_float_parts(model, dtype)
     handle.dtype = cfg.compute_dtype
-    kernel = {8: "aten._weight_int8pack_mm", 4: "aten._weight_int4pack_mm"}[cfg.bits]
-    if cfg.bits == 4 and torch.device(handle.device).type == "cpu":
-        kernel += "_for_cpu"
-    if cfg.bits == 8 and not has_int8_weight_kernel(torch.device(handle.device), dtype):
-        kernel = "none: int8 weights dequantized per call (no int8 weight-only kernel here)"
-        notes.append(
-            f"no int8 weight-only kernel on {handle.device}: weights are dequantized "
-            "at every call, so memory drops but speed may not"
-        )
+    kernel = weight_only_kernel(cfg.bits, handle.device, dtype)
     grid = "symmetric" if cfg.symmetric else "asymmetric (min/max, float zero)"
     return {
         "method": "rtn",

@@ -85,13 +85,20 @@ def select_linears(
     *,
     stage: str,
     group_size: int | None = None,
+    bits: int | None = None,
 ) -> dict[str, nn.Linear]:
     """The nn.Linear layers a weight-quantization stage will touch, checked BEFORE anything
-    changes: at least one layer, `group_size` divides every layer's input features, and no
-    weight is NaN/inf. A failed check leaves the model exactly as it was."""
+    changes: at least one layer, `group_size` divides every layer's input features (per
+    channel at 2-4 `bits`: some int4 container group does), and no weight is NaN/inf. A failed
+    check leaves the model exactly as it was."""
     import torch
 
+    from compress._config import INT4_GROUP_SIZES
     from compress.errors import StageFailed
+    from compress.quant.grid import container_group
+
+    def listed(bad: list[str]) -> str:
+        return f"{len(bad)} layer(s): {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}"
 
     chosen = {
         n: m
@@ -112,9 +119,22 @@ def select_linears(
         if bad:
             raise StageFailed(
                 f"{stage}.group_size {group_size} does not divide the input features of "
-                f"{len(bad)} layer(s): {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}.",
+                f"{listed(bad)}.",
                 fix="Pick a group size that divides them (e.g. 32 or 64 for SmolLM2's 576), "
                 "or add those layers to ignore.",
+            )
+    elif bits is not None and bits <= 4:
+        bad = [
+            f"{n} (in_features {m.in_features})"
+            for n, m in chosen.items()
+            if container_group(m.in_features) is None
+        ]
+        if bad:
+            raise StageFailed(
+                f"{stage} per-channel int{bits} is stored in int4 groups of "
+                f"{list(INT4_GROUP_SIZES)}, none of which divides the input features of "
+                f"{listed(bad)}.",
+                fix="Add those layers to ignore.",
             )
     bad = [n for n, m in chosen.items() if not torch.isfinite(m.weight).all()]
     if bad:

@@ -21,7 +21,6 @@ from compress.quant.grid import QuantizedTensor, dequantize, quantize
 
 log = logging.getLogger(__name__)
 
-INT4_GROUP_SIZES = (32, 64, 128, 256)  # the int4 kernels' groups (quant/modules.py)
 # The solve is mostly small ops; up to this many weights (rows x cols) it runs on one CPU
 # thread: on a busy 2-core VM six SmolLM2 solves took 1.3 s on one thread and 5-12 s on two
 # (a thread barrier on every small op).
@@ -237,32 +236,3 @@ def _gptq(
     delta[:, dead] = 0.0  # dead inputs are always zero: their weights never reach the output
     row_error = ((delta @ H0) * delta).sum(1)
     return qt, row_error
-
-
-def container_group(in_features: int) -> int | None:
-    """Largest int4-kernel group size dividing `in_features` (per-channel grids go there)."""
-    return next((g for g in sorted(INT4_GROUP_SIZES, reverse=True) if in_features % g == 0), None)
-
-
-def as_int4(qt: QuantizedTensor) -> QuantizedTensor:
-    """Re-express a 2/3/4-bit grid on the int4 kernel's grid (codes 0..15, mid 8), exactly:
-
-        (q - mid_b) * s + z == (q - 8) * s + (z + (8 - mid_b) * s)
-
-    so 2- and 3-bit codes sit unchanged in 4-bit containers (memory as int4). A per-channel
-    grid becomes a grouped one with its scale/zero repeated over `container_group` groups.
-    """
-    if qt.bits > 4:
-        raise ValueError(f"as_int4 takes 2..4-bit grids, got {qt.bits} bits")
-    shift = 8 - 2 ** (qt.bits - 1)
-    scale, zero = qt.scale, qt.zero + shift * qt.scale
-    group = qt.group_size
-    if group is None:
-        in_f = qt.q.shape[1]
-        group = container_group(in_f)
-        if group is None:
-            raise ValueError(f"no int4 group size in {INT4_GROUP_SIZES} divides in_features {in_f}")
-        reps = in_f // group
-        scale = scale.expand(-1, reps).contiguous()
-        zero = zero.expand(-1, reps).contiguous()
-    return QuantizedTensor(q=qt.q, scale=scale, zero=zero, bits=4, group_size=group)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from compress._config import INT4_GROUP_SIZES
+
 
 @dataclass
 class QuantizedTensor:
@@ -89,3 +91,32 @@ def int8_codes(qt: QuantizedTensor) -> torch.Tensor:
 
 def max_abs_error(w: torch.Tensor, qt: QuantizedTensor) -> float:
     return float((dequantize(qt) - w.float()).abs().max())
+
+
+def container_group(in_features: int) -> int | None:
+    """Largest int4-kernel group size dividing `in_features` (per-channel grids go there)."""
+    return next((g for g in sorted(INT4_GROUP_SIZES, reverse=True) if in_features % g == 0), None)
+
+
+def as_int4(qt: QuantizedTensor) -> QuantizedTensor:
+    """Re-express a 2/3/4-bit grid on the int4 kernel's grid (codes 0..15, mid 8), exactly:
+
+        (q - mid_b) * s + z == (q - 8) * s + (z + (8 - mid_b) * s)
+
+    so 2- and 3-bit codes sit unchanged in 4-bit containers (memory as int4). A per-channel
+    grid becomes a grouped one with its scale/zero repeated over `container_group` groups.
+    """
+    if qt.bits > 4:
+        raise ValueError(f"as_int4 takes 2..4-bit grids, got {qt.bits} bits")
+    shift = 8 - 2 ** (qt.bits - 1)
+    scale, zero = qt.scale, qt.zero + shift * qt.scale
+    group = qt.group_size
+    if group is None:
+        in_f = qt.q.shape[1]
+        group = container_group(in_f)
+        if group is None:
+            raise ValueError(f"no int4 group size in {INT4_GROUP_SIZES} divides in_features {in_f}")
+        reps = in_f // group
+        scale = scale.expand(-1, reps).contiguous()
+        zero = zero.expand(-1, reps).contiguous()
+    return QuantizedTensor(q=qt.q, scale=scale, zero=zero, bits=4, group_size=group)

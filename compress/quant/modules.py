@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compress._config import INT4_GROUP_SIZES  # noqa: F401  (re-exported)
 from compress.quant.grid import QuantizedTensor, int8_codes, pack_int4, unpack_int4
 
 log = logging.getLogger(__name__)
 
-INT4_GROUP_SIZES = (32, 64, 128, 256)
+
 _CUDA_INNER_K_TILES = 8
 
 
@@ -52,6 +53,19 @@ def has_int8_weight_kernel(device: torch.device, dtype: torch.dtype) -> bool:
             log.info("no int8 weight-only kernel on %s/%s (%s): dequantizing", *key, e)
             _INT8_KERNEL[key] = False
     return _INT8_KERNEL[key]
+
+
+def weight_only_kernel(bits: int, device: str | torch.device, dtype: torch.dtype) -> str:
+    """What Int8Linear (bits 8) / Int4Linear (bits 2-4) run on `device`, in words, for reports."""
+    dev = torch.device(device)
+    if bits <= 4:
+        return "aten._weight_int4pack_mm" + ("_for_cpu" if dev.type == "cpu" else " (tinygemm)")
+    if has_int8_weight_kernel(dev, dtype):
+        return "aten._weight_int8pack_mm"
+    return (
+        f"none on {dev.type}: int8 weights dequantized at every call (no int8 weight-only "
+        "kernel here), so memory drops but speed may not"
+    )
 
 
 def _flat(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

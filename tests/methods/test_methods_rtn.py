@@ -154,8 +154,8 @@ def test_group_size_error_avoided_by_ignoring_bad_layers():
         {"bits": 8, "group_size": 32},
         {"bits": 8, "symmetric": False},
         {"bits": 4, "group_size": 48},
-        {"bits": 4},  # no group
-        {"bits": 3, "group_size": 32},
+        {"bits": 5},
+        {"bits": 3, "group_size": 48},
         {"bits": 8, "compute_dtype": "float64"},
         {"bits": 8, "unknown": 1},
     ],
@@ -163,6 +163,49 @@ def test_group_size_error_avoided_by_ignoring_bad_layers():
 def test_config_validator_refuses(kwargs):
     with pytest.raises(ValidationError):
         RTNConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        RTNConfig(bits=3, group_size=32, symmetric=False),
+        RTNConfig(bits=2, group_size=32, symmetric=False),
+        RTNConfig(bits=4),  # per channel
+    ],
+    ids=["w3g32", "w2g32", "w4-perchannel"],
+)
+def test_low_bits_and_per_channel_sit_exactly_in_int4_containers(cfg):
+    from compress.quant.grid import dequantize, quantize
+
+    h = tiny_handle(**SPREAD)
+    w = h.model.model.layers[0].mlp.down_proj.weight.detach().clone()
+    info = rtn.apply(h, cfg)
+    m = h.model.model.layers[0].mlp.down_proj
+    assert isinstance(m, Int4Linear)
+    # the stored codes, run through the kernel, give exactly the b-bit grid's weights (bf16)
+    ref = dequantize(quantize(w, cfg.bits, cfg.group_size, cfg.symmetric)).to(torch.bfloat16)
+    eye = torch.eye(m.in_features, dtype=torch.bfloat16)
+    got = m(eye).t()
+    assert torch.allclose(got.float(), ref.float(), atol=2e-2 * float(w.abs().max())), cfg
+    if cfg.bits < 4:
+        assert len(torch.unique(m.codes())) <= 2**cfg.bits
+        assert any(f"{cfg.bits}-bit codes" in n for n in info["notes"])
+    else:
+        assert any("per-channel scales" in n for n in info["notes"])
+
+
+def test_per_channel_low_bits_refuse_layers_no_int4_group_divides():
+    from torch import nn as tnn
+
+    from compress.errors import StageFailed
+
+    h = tiny_handle()
+    h.model.model.layers[0].mlp.down_proj = tnn.Linear(48, 64, bias=False)
+    before = {k: v.clone() for k, v in h.model.state_dict().items()}
+    with pytest.raises(StageFailed, match="per-channel int4 is stored in int4 groups"):
+        rtn.apply(h, RTNConfig(bits=4))
+    after = h.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_config_accepts_kernel_shapes():

@@ -233,11 +233,11 @@ def test_no_calibration_raises():
         smoothquant.apply(h, SmoothQuantConfig(), None)
 
 
-def test_w8a8_off_cpu_raises_and_changes_nothing():
+def test_w8a8_on_a_device_without_int8_kernels_raises_and_changes_nothing():
     h = tiny_handle()
-    h.device = "cuda"
+    h.device = "mps"
     before = _state(h.model)
-    with pytest.raises(StageFailed, match="cuda"):
+    with pytest.raises(StageFailed, match="cpu and cuda"):
         smoothquant.apply(h, SmoothQuantConfig(), CALIB)
     assert _unchanged(h.model, before)
 

@@ -5,13 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compress.quant.gptq import (
-    as_int4,
-    container_group,
-    gptq_quantize,
-    hessian_update,
-    output_energy,
-)
+from compress.quant.gptq import gptq_quantize, hessian_update, output_energy
 from compress.quant.grid import dequantize, quantize
 
 
@@ -149,28 +143,3 @@ def test_output_energy():
     torch.testing.assert_close(
         output_energy(W, H), ((X @ W.t()) ** 2).sum(0) * 2 / n, rtol=1e-3, atol=1e-6
     )
-
-
-@pytest.mark.parametrize("bits", [2, 3, 4])
-@pytest.mark.parametrize("symmetric", [True, False])
-@pytest.mark.parametrize("group_size", [32, None])
-def test_as_int4_is_exact(bits, symmetric, group_size):
-    W = torch.randn(16, 128, generator=torch.Generator().manual_seed(0))
-    qt = quantize(W, bits, group_size, symmetric)
-    q4 = as_int4(qt)
-    assert q4.bits == 4 and torch.equal(q4.q, qt.q)  # same codes, in 4-bit containers
-    assert q4.group_size == (group_size or 128)
-    torch.testing.assert_close(
-        dequantize(q4), dequantize(qt), rtol=1e-6, atol=1e-6
-    )  # exact algebra
-
-
-def test_container_group():
-    assert container_group(576) == 64
-    assert container_group(1536) == 256
-    assert container_group(96) == 32
-    assert container_group(48) is None
-    with pytest.raises(ValueError):
-        as_int4(quantize(torch.randn(4, 48), 3))
-    with pytest.raises(ValueError):
-        as_int4(quantize(torch.randn(4, 64), 8))

@@ -7,6 +7,8 @@ import torch
 
 from compress.quant.grid import (
     QuantizedTensor,
+    as_int4,
+    container_group,
     dequantize,
     int8_codes,
     max_abs_error,
@@ -148,3 +150,28 @@ def test_int8_codes_are_signed_offsets():
     assert c.dtype == torch.int8
     assert torch.equal(c.to(torch.int16), qt.q.to(torch.int16) - 128)
     assert int(c.abs().max()) == 127
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("group_size", [32, None])
+def test_as_int4_is_exact(bits, symmetric, group_size):
+    W = torch.randn(16, 128, generator=torch.Generator().manual_seed(0))
+    qt = quantize(W, bits, group_size, symmetric)
+    q4 = as_int4(qt)
+    assert q4.bits == 4 and torch.equal(q4.q, qt.q)  # same codes, in 4-bit containers
+    assert q4.group_size == (group_size or 128)
+    torch.testing.assert_close(
+        dequantize(q4), dequantize(qt), rtol=1e-6, atol=1e-6
+    )  # exact algebra
+
+
+def test_container_group():
+    assert container_group(576) == 64
+    assert container_group(1536) == 256
+    assert container_group(96) == 32
+    assert container_group(48) is None
+    with pytest.raises(ValueError):
+        as_int4(quantize(torch.randn(4, 48), 3))
+    with pytest.raises(ValueError):
+        as_int4(quantize(torch.randn(4, 64), 8))
