@@ -28,21 +28,24 @@ PEER_PY = REPO / "benchmarks" / ".peer-venv" / "bin" / "python"
 
 
 def variants(g: int) -> dict[str, list[dict]]:
-    """label -> stages. lm_head stays float in every variant, so methods compare like for like."""
+    """label -> stages. lm_head stays float in every variant, so methods compare like for like.
+    GPTQ runs as the shipped recipes do (asymmetric, act_order with static groups)."""
+    gptq = {"method": "gptq", "symmetric": False, "act_order": True}
     return {
         f"rtn-w4g{g}-sym": [{"method": "rtn", "bits": 4, "group_size": g}],
         f"rtn-w4g{g}-asym": [{"method": "rtn", "bits": 4, "group_size": g, "symmetric": False}],
-        f"gptq-w4g{g}": [{"method": "gptq", "bits": 4, "group_size": g}],
-        "rtn-w4-perchannel": [{"method": "rtn", "bits": 4, "group_size": None}],
-        "gptq-w4-perchannel": [{"method": "gptq", "bits": 4, "group_size": None}],
+        f"gptq-w4g{g}": [{**gptq, "bits": 4, "group_size": g}],
+        "rtn-w4-perchannel": [{"method": "rtn", "bits": 4, "group_size": None, "symmetric": False}],
+        "gptq-w4-perchannel": [{**gptq, "bits": 4, "group_size": None}],
         f"rtn-w3g{g}": [{"method": "rtn", "bits": 3, "group_size": g, "symmetric": False}],
-        f"gptq-w3g{g}": [{"method": "gptq", "bits": 3, "group_size": g, "symmetric": False}],
+        f"gptq-w3g{g}": [{**gptq, "bits": 3, "group_size": g}],
         f"awq-w4g{g}": [{"method": "awq", "bits": 4, "group_size": g}],
         "w8a8-dynamic": [{"method": "dynamic_int8"}],
         "smoothquant-w8a8": [{"method": "smoothquant", "alpha": 0.5}],
         "bnb-nf4": [{"method": "bnb", "quant_type": "nf4"}],
         "bnb-int8": [{"method": "bnb", "quant_type": "int8"}],
-        "onnx-int8": [{"method": "onnx_int8"}],
+        "onnx-int8-dynamic": [{"method": "onnx_int8", "kernel": "dynamic"}],
+        "onnx-int8-nbits": [{"method": "onnx_int8", "kernel": "matmul_nbits"}],
     }
 
 
@@ -269,10 +272,11 @@ def main() -> None:
         return r["ppl"] - base_ppl if "ppl" in r else None
 
     checks = [
-        ("gptq-w4g", f"gptq-w4g{g}", f"rtn-w4g{g}-asym", 0.6),
-        ("gptq-w3g", f"gptq-w3g{g}", f"rtn-w3g{g}", 0.6),
-        ("awq-w4g", f"awq-w4g{g}", f"rtn-w4g{g}-asym", 0.8),
-        ("smoothquant", "smoothquant-w8a8", "w8a8-dynamic", 0.5),
+        (f"gptq-w4g{g}", f"rtn-w4g{g}-asym", 0.6),
+        ("gptq-w4-perchannel", "rtn-w4-perchannel", 0.6),
+        (f"gptq-w3g{g}", f"rtn-w3g{g}", 0.6),
+        (f"awq-w4g{g}", f"rtn-w4g{g}-asym", 0.8),
+        ("smoothquant-w8a8", "w8a8-dynamic", 0.5),
     ]
     print("\nquality targets (ppl increase over baseline, method vs its plain counterpart):")
     for a, b, bound in checks:
