@@ -255,7 +255,7 @@ def _run(
         cost=summarize(comparisons, recipe.cost),
         gates=gates,
         exit_code=code,
-        notes=_notes(base, comparisons, quick, data),
+        notes=_notes(base, comparisons, quick, data, comp.stages),
     )
     atomic_write_text(run_dir / "report.json", report.model_dump_json(indent=2))
     atomic_write_text(run_dir / "report.md", render(report))
@@ -268,8 +268,9 @@ def _exact(name: str, value, unit: str, method: str) -> dict:
     return stats.exact(name, value, unit, False, method)
 
 
-def _notes(base, comparisons, quick: bool, data: list[dict]) -> list[str]:
+def _notes(base, comparisons, quick: bool, data: list[dict], stages: list[dict]) -> list[str]:
     notes = []
+    kernels = "; ".join(dict.fromkeys(str(s["kernel"]) for s in stages if s.get("kernel")))
     if base.source.note:
         notes.append(base.source.note)
     if quick and data:
@@ -280,8 +281,15 @@ def _notes(base, comparisons, quick: bool, data: list[dict]) -> list[str]:
     for c in comparisons:
         cost_metric = c.metric.startswith(COST_GROUPS)
         if cost_metric and c.verdict in ("worse", "no significant change"):
+            speed = c.metric.startswith(("decode.", "prefill."))
             notes.append(
                 f"{c.metric} did NOT improve ({c.verdict}): baseline "
                 f"{c.baseline:.4g}, compressed {c.compressed:.4g} {c.unit}."
+                + (
+                    f" The compressed model's kernels ({kernels}) are not faster than the "
+                    "baseline's float matmuls on this hardware."
+                    if speed and kernels
+                    else ""
+                )
             )
     return notes

@@ -130,7 +130,7 @@ def apply(handle: ModelHandle, cfg: GPTQConfig, calibration=None) -> dict:
     from compress.methods.calibrate import decoder_layers, sequential
     from compress.methods.targets import cast_float_parts, select_linears, set_module
     from compress.quant.gptq import gptq_quantize, output_energy
-    from compress.quant.grid import QuantizedTensor, as_int4, dequantize
+    from compress.quant.grid import QuantizedTensor, as_int4, container_notes, dequantize
     from compress.quant.modules import Int4Linear, Int8Linear, weight_only_kernel
 
     t0 = time.perf_counter()
@@ -281,13 +281,7 @@ def apply(handle: ModelHandle, cfg: GPTQConfig, calibration=None) -> dict:
                 else ""
             )
         )
-    if cfg.bits in (2, 3):
-        notes.append(f"{cfg.bits}-bit codes stored in 4-bit containers: memory as int4")
-    if cfg.bits <= 4 and cfg.group_size is None:
-        notes.append(
-            "per-channel scales stored as int4 groups (largest of 256/128/64/32 dividing "
-            "in_features) with the channel's scale repeated in each group (exact)"
-        )
+    notes += container_notes(cfg.bits, cfg.group_size)
     notes.append(f"float parts of the model now compute in {cfg.compute_dtype}")
     errs = sorted(errors.values())
     worst = max(errors, key=errors.get)

@@ -53,7 +53,7 @@ def apply(handle: ModelHandle, cfg: RTNConfig, calibration=None) -> dict:
 
     from compress.errors import StageFailed
     from compress.methods.targets import cast_float_parts, select_linears, set_module
-    from compress.quant.grid import as_int4, quantize
+    from compress.quant.grid import as_int4, container_notes, quantize
     from compress.quant.modules import (
         Int4Linear,
         Int8Embedding,
@@ -94,13 +94,7 @@ def apply(handle: ModelHandle, cfg: RTNConfig, calibration=None) -> dict:
                 f"{name} untied from the input embedding, which stays in {cfg.compute_dtype}"
                 " (no int4 embedding lookup): the embedding is NOT compressed"
             )
-    if cfg.bits in (2, 3):
-        notes.append(f"{cfg.bits}-bit codes stored in 4-bit containers: memory as int4")
-    if cfg.bits <= 4 and cfg.group_size is None:
-        notes.append(
-            "per-channel scales stored as int4 groups (largest of 256/128/64/32 dividing "
-            "in_features) with the channel's scale repeated in each group (exact)"
-        )
+    notes += container_notes(cfg.bits, cfg.group_size)
     cast_float_parts(model, dtype)
     handle.dtype = cfg.compute_dtype
     kernel = weight_only_kernel(cfg.bits, handle.device, dtype)

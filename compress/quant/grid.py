@@ -120,3 +120,16 @@ def as_int4(qt: QuantizedTensor) -> QuantizedTensor:
         scale = scale.expand(-1, reps).contiguous()
         zero = zero.expand(-1, reps).contiguous()
     return QuantizedTensor(q=qt.q, scale=scale, zero=zero, bits=4, group_size=group)
+
+
+def container_notes(bits: int, group_size: int | None) -> list[str]:
+    """What `as_int4` did, in words for the report (empty for plain grouped int4 / int8)."""
+    notes = []
+    if bits in (2, 3):
+        notes.append(f"{bits}-bit codes stored in 4-bit containers: memory as int4")
+    if bits <= 4 and group_size is None:
+        notes.append(
+            "per-channel scales stored as int4 groups (largest of 256/128/64/32 dividing "
+            "in_features) with the channel's scale repeated in each group (exact)"
+        )
+    return notes

@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from compress.quant.modules import _load_bias, _with_bias
+from compress.quant.grid import QuantizedTensor, quantize
+from compress.quant.modules import Int8Linear
 
 #: torch._int_mm on CUDA needs more than this many rows in its first operand
 _MIN_ROWS = 16
@@ -43,76 +44,47 @@ def supports(in_features: int, out_features: int) -> bool:
     return in_features % 8 == 0 and out_features % 8 == 0
 
 
-class W8A8Linear(nn.Module):
+class W8A8Linear(Int8Linear):
+    """Int8Linear's storage (int8 codes, one scale per output channel, bias) with int8
+    activations: the forward quantizes each token and runs the int8 GEMM."""
+
     kind = "w8a8_linear"
 
-    def __init__(
-        self, in_features: int, out_features: int, bias: bool, dtype=torch.float16, device=None
-    ):
-        super().__init__()
+    def __init__(self, in_features, out_features, bias, compute_dtype=torch.float16, device=None):
         if not supports(in_features, out_features):
             raise ValueError(
                 f"W8A8 int8 GEMM needs in/out features that are multiples of 8; got "
                 f"{in_features} x {out_features}"
             )
-        self.in_features, self.out_features, self.dtype = in_features, out_features, dtype
-        self.register_buffer(
-            "qweight", torch.empty(out_features, in_features, dtype=torch.int8, device=device)
-        )
-        self.register_buffer("scale", torch.empty(out_features, dtype=torch.float32, device=device))
-        self.bias = (
-            nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), False)
-            if bias
-            else None
-        )
+        super().__init__(in_features, out_features, bias, compute_dtype, device)
 
     @classmethod
     def from_float(
-        cls, linear: nn.Linear, dtype=torch.float16, per_channel: bool = True
+        cls, linear: nn.Linear, compute_dtype=torch.float16, per_channel: bool = True
     ) -> W8A8Linear:
         """`per_channel: False` uses one weight scale for the whole matrix."""
         w = linear.weight.detach()
-        m = cls(linear.in_features, linear.out_features, linear.bias is not None, dtype, w.device)
         if per_channel:
-            q, s = quantize_rows(w)
+            qt = quantize(w, 8, None, symmetric=True)
         else:
-            s = (w.abs().max().float() / 127).clamp(min=1e-12).expand(w.shape[0], 1)
-            q = torch.clamp(torch.round(w.float() / s), -127, 127).to(torch.int8)
-        m.qweight.copy_(q)
-        m.scale.copy_(s[:, 0])
-        if linear.bias is not None:
-            m.bias.data.copy_(linear.bias.detach().to(dtype))
-        return m
+            one = quantize(w.reshape(1, -1), 8, None, symmetric=True)
+            qt = QuantizedTensor(
+                q=one.q.reshape(w.shape),
+                scale=one.scale.expand(w.shape[0], 1).contiguous(),
+                zero=torch.zeros(w.shape[0], 1, device=w.device),
+                bits=8,
+                group_size=None,
+            )
+        return super().from_float(linear, qt, compute_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
         xq, xs = quantize_rows(x2)
         acc = int8_matmul(xq, self.qweight.t())
-        y = (acc.float() * xs * self.scale).to(self.dtype)
+        y = (acc.float() * xs * self.scale.float()).to(self.compute_dtype)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
-
-    # -- portable form (compress.quant.serialize) ---------------------------------------
-    def spec(self) -> dict:
-        return {
-            "kind": self.kind,
-            "in_features": self.in_features,
-            "out_features": self.out_features,
-            "bias": self.bias is not None,
-        }
-
-    @classmethod
-    def shell(cls, spec: dict, dtype) -> W8A8Linear:
-        return cls(spec["in_features"], spec["out_features"], spec["bias"], dtype or torch.float16)
-
-    def export(self) -> dict[str, torch.Tensor]:
-        return _with_bias({"qweight": self.qweight, "scale": self.scale}, self.bias)
-
-    def load_export(self, t: dict[str, torch.Tensor]) -> None:
-        self.qweight.copy_(t["qweight"])
-        self.scale.copy_(t["scale"])
-        _load_bias(self.bias, t)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, W8A8 int8 per-channel/per-token"

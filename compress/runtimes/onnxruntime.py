@@ -1,7 +1,7 @@
 """ONNX Runtime as an execution runtime: a causal LM exported to ONNX, run by an
 `onnxruntime.InferenceSession` behind a torch-shaped `nn.Module`.
 
-The graph's interface (written by `compress.methods.onnx_int8.export_onnx`):
+The graph's interface (written by `compress.runtimes.onnx_export.export_onnx`):
 
     inputs   input_ids [batch, seq] int64, attention_mask [batch, past + seq] int64,
              position_ids [batch, seq] int64, logits_index [keep] int64 (positions whose

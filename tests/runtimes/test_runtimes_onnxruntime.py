@@ -10,9 +10,9 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from compress.methods.onnx_int8 import export_onnx  # noqa: E402
 from compress.profile.latency import profile_generation  # noqa: E402
 from compress.profile.memory import weight_bytes  # noqa: E402
+from compress.runtimes.onnx_export import export_onnx  # noqa: E402
 from compress.runtimes.onnxruntime import OrtCache, OrtCausalLM, initializer_nbytes  # noqa: E402
 from compress.testing import tiny_llama, tiny_tokenizer  # noqa: E402
 
