@@ -31,6 +31,12 @@ def main() -> None:
     ap.add_argument("--bits", type=int, default=4)
     ap.add_argument("--group", type=int, default=64)
     ap.add_argument("--actorder", default="static", choices=["static", "none"])
+    ap.add_argument(
+        "--symmetric",
+        default="false",
+        choices=["true", "false"],
+        help="false matches the shipped gptq recipes (asymmetric grid)",
+    )
     args = ap.parse_args()
 
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
@@ -54,7 +60,11 @@ def main() -> None:
     scheme = QuantizationScheme(
         targets=["Linear"],
         weights=QuantizationArgs(
-            num_bits=args.bits, type="int", symmetric=True, strategy="group", group_size=args.group
+            num_bits=args.bits,
+            type="int",
+            symmetric=args.symmetric == "true",
+            strategy="group",
+            group_size=args.group,
         ),
     )
     recipe = GPTQModifier(
@@ -84,6 +94,7 @@ def main() -> None:
                 "bits": args.bits,
                 "group": args.group,
                 "actorder": args.actorder,
+                "symmetric": args.symmetric == "true",
                 "samples": len(calib),
                 "ppl": ppl,
                 "apply_s": wall,
