@@ -171,7 +171,7 @@ BAD = {
     "unknown_key": ({"stagez": []}, "did you mean 'stages'"),
     "unknown_method": ({"stages": [{"method": "gptqq", "bits": 4}]}, "unknown method"),
     "wrong_type": ({"profile": {"repeats": "many"}}, "profile.repeats"),
-    "bad_bits": ({"stages": [{"method": "rtn", "bits": 3}]}, "stages.0.bits"),
+    "bad_bits": ({"stages": [{"method": "rtn", "bits": 5}]}, "stages.0.bits"),
     "unknown_alias": ({"model": "smollm3-135m"}, "did you mean 'smollm2-135m'"),
 }
 
