@@ -22,7 +22,13 @@ from compress.quant.grid import QuantizedTensor, int8_codes, pack_int4, unpack_i
 log = logging.getLogger(__name__)
 
 
-_CUDA_INNER_K_TILES = 8
+def cuda_inner_k_tiles(in_features: int) -> int:
+    """tinygemm's `innerKTiles` for a layer: the largest of 8, 4, 2 whose K tile (16 x tiles)
+    divides `in_features` (SmolLM2's 576 takes 4; 8 would need K % 128 == 0)."""
+    for tiles in (8, 4, 2):
+        if in_features % (16 * tiles) == 0:
+            return tiles
+    raise ValueError(f"tinygemm int4 needs in_features divisible by 32; got {in_features}")
 
 
 def _with_bias(tensors: dict[str, torch.Tensor], bias) -> dict[str, torch.Tensor]:
@@ -198,7 +204,9 @@ class Int4Linear(nn.Module):
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
         else:
             hi_lo = (codes[:, 0::2] << 4 | codes[:, 1::2]).to(torch.uint8)
-            packed = torch.ops.aten._convert_weight_to_int4pack(hi_lo, _CUDA_INNER_K_TILES)
+            packed = torch.ops.aten._convert_weight_to_int4pack(
+                hi_lo, cuda_inner_k_tiles(self.in_features)
+            )
         self.qweight = packed
         sz = torch.stack([scale.t(), zero.t()], dim=-1).to(self.compute_dtype).contiguous()
         self.scale_zero = sz.to(dev)

@@ -180,13 +180,23 @@ def test_int8_embedding_shares_data_ptr_in_rtn_model():
 def test_cuda_kernels_match_the_cpu_kernels(make):
     """tinygemm int4 / int8 weight-only on CUDA give the CPU kernel's result, and export the
     same portable codes (the saved model does not depend on where it was quantized)."""
-    lin = _linear(256, 128)
+    lin = _linear(576, 192)  # SmolLM2-like K: tinygemm innerKTiles 4
     cpu, qt = make(lin)
     gpu, _ = make(lin.cuda())
     assert gpu.qweight.is_cuda
-    x = torch.randn(3, 256)
+    x = torch.randn(3, 576)
     y_cpu = cpu(x.to(BF16))
     y_gpu = gpu(x.cuda().to(BF16)).cpu()
     assert _rel_err(y_gpu, y_cpu) < 2e-2
     for k, t in cpu.export().items():
         assert torch.equal(gpu.export()[k].cpu(), t), k
+
+
+def test_cuda_inner_k_tiles_divides_k():
+    from compress.quant.modules import cuda_inner_k_tiles
+
+    assert cuda_inner_k_tiles(2048) == 8
+    assert cuda_inner_k_tiles(576) == 4  # SmolLM2 hidden size: K % 128 != 0
+    assert cuda_inner_k_tiles(96) == 2
+    with pytest.raises(ValueError, match="divisible by 32"):
+        cuda_inner_k_tiles(48)
