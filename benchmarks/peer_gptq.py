@@ -43,12 +43,13 @@ def main() -> None:
     from datasets import Dataset
     from llmcompressor import oneshot
     from llmcompressor.modifiers.gptq import GPTQModifier
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from compress.evaluate.perplexity import evaluate_many
 
     kw = {"gguf_file": args.gguf} if args.gguf else {}
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32, **kw)
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir, **kw)  # oneshot wants a processor
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -79,6 +80,7 @@ def main() -> None:
         model=model,
         dataset=ds,
         recipe=recipe,
+        processor=tokenizer,
         num_calibration_samples=len(calib),
         max_seq_length=calib.shape[1],
         shuffle_calibration_samples=False,
