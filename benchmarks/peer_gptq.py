@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 
 import torch
@@ -53,6 +54,11 @@ def main() -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    if args.gguf:  # oneshot re-reads the config from the model's path: give it a HF folder
+        folder = tempfile.mkdtemp(prefix="peer-gptq-")
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     ids = load_file(args.ids)
     calib, windows = ids["calib"], ids["windows"]
     ds = Dataset.from_dict(
