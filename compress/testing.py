@@ -93,3 +93,38 @@ def tiny_text_file(path: str | Path, repeats: int = 40) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(TEXT * repeats, encoding="utf-8")
     return path
+
+
+def tiny_calibration(samples: int = 16, seq_len: int = 64, seed: int = 1):
+    """Random token ids as calibration data for the tiny models (ids 4..99, seeded)."""
+    import torch
+
+    from compress.methods.calibrate import CalibrationData
+
+    g = torch.Generator().manual_seed(seed)
+    return CalibrationData(torch.randint(4, 100, (samples, seq_len), generator=g))
+
+
+# -- test oracles (independent of compress.evaluate, which is what they check) -------------
+
+
+def kl_per_token(ref, other) -> float:
+    """Mean per-token KL(ref || other) between two logits tensors [..., vocab]."""
+    import torch.nn.functional as F
+
+    lr = F.log_softmax(ref, -1).reshape(-1, ref.shape[-1])
+    lo = F.log_softmax(other, -1).reshape(-1, ref.shape[-1])
+    return float(F.kl_div(lo, lr, log_target=True, reduction="batchmean"))
+
+
+def snapshot(model) -> dict:
+    """A copy of every tensor in `model.state_dict()`, for `unchanged`."""
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def unchanged(model, before: dict) -> bool:
+    """Whether `model` holds exactly the tensors `snapshot` saw (same names, equal values)."""
+    import torch
+
+    after = model.state_dict()
+    return after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)

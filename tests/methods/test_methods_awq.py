@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
@@ -15,7 +14,7 @@ from compress.methods.awq import AWQConfig
 from compress.methods.calibrate import CalibrationData
 from compress.profile.memory import weight_bytes
 from compress.quant.modules import Int4Linear
-from compress.testing import tiny_handle
+from compress.testing import kl_per_token, snapshot, tiny_handle, unchanged
 
 IDS = torch.randint(4, 100, (2, 48), generator=torch.Generator().manual_seed(0))
 CALIB = CalibrationData(torch.randint(4, 128, (16, 64), generator=torch.Generator().manual_seed(1)))
@@ -38,21 +37,6 @@ DECODER = [
 def _logits(model) -> torch.Tensor:
     with torch.no_grad():
         return model(IDS).logits.float()
-
-
-def _kl(ref: torch.Tensor, other: torch.Tensor) -> float:
-    lr = F.log_softmax(ref, -1).reshape(-1, ref.shape[-1])
-    lo = F.log_softmax(other, -1).reshape(-1, ref.shape[-1])
-    return float(F.kl_div(lo, lr, log_target=True, reduction="batchmean"))
-
-
-def _state(model) -> dict:
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _unchanged(model, before: dict) -> bool:
-    after = model.state_dict()
-    return after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
 
 
 def tiny_gemma3_handle(seed: int = 0) -> ModelHandle:
@@ -125,10 +109,10 @@ def _linears(h) -> list[nn.Linear]:
 
 def test_awq_outputs_close_and_closer_than_rtn(awq_g32, reference):
     h, _ = awq_g32
-    kl_awq = _kl(reference["logits"], _logits(h.model))
+    kl_awq = kl_per_token(reference["logits"], _logits(h.model))
     hr = tiny_handle(**SPREAD)
     rtn.apply(hr, rtn.RTNConfig(bits=4, group_size=32, symmetric=False))
-    kl_rtn = _kl(reference["logits"], _logits(hr.model))
+    kl_rtn = kl_per_token(reference["logits"], _logits(hr.model))
     assert 0 < kl_awq < 0.1, kl_awq
     assert kl_awq < kl_rtn, (kl_awq, kl_rtn)
 
@@ -158,7 +142,7 @@ def test_awq_partial_targets_leave_the_rest_float():
     assert info["layers"] == 6
     assert isinstance(h.model.model.layers[0].self_attn.q_proj, nn.Linear)
     assert isinstance(h.model.model.layers[0].mlp.up_proj, Int4Linear)
-    assert _kl(ref, _logits(h.model)) < 0.05
+    assert kl_per_token(ref, _logits(h.model)) < 0.05
 
 
 def test_awq_lm_head_targeted_gets_rtn_and_says_so():
@@ -181,7 +165,7 @@ def test_awq_gemma3_mapping():
     layer = h.model.model.layers[0]
     assert isinstance(layer.self_attn.q_proj, Int4Linear)
     assert isinstance(layer.mlp.down_proj, Int4Linear)
-    kl = _kl(ref, _logits(h.model))
+    kl = kl_per_token(ref, _logits(h.model))
     assert 0 < kl < 0.1, kl
 
 
@@ -201,30 +185,30 @@ def test_unknown_architecture_raises_naming_it():
         )
     ).eval()
     h = ModelHandle(model, tiny_tokenizer(), ModelSource("tiny-opt", "local_dir"), "float32", "cpu")
-    before = _state(model)
+    before = snapshot(model)
     with pytest.raises(StageFailed, match=r"OPTForCausalLM.*opt.*known families: llama"):
         awq.apply(h, AWQConfig(group_size=32), CALIB)
-    assert _unchanged(model, before)
+    assert unchanged(model, before)
 
 
 def test_group_size_not_dividing_raises_and_changes_nothing():
     h = tiny_handle(hidden_size=48, intermediate_size=96, num_attention_heads=4)
-    before = _state(h.model)
+    before = snapshot(h.model)
     with pytest.raises(StageFailed) as ei:
         awq.apply(h, AWQConfig(group_size=32), CALIB)
     msg = str(ei.value)
     assert "model.layers.0.self_attn.q_proj (in_features 48)" in msg
     assert "12 layer(s)" in msg and "down_proj" not in msg
-    assert _unchanged(h.model, before)
+    assert unchanged(h.model, before)
     assert not any(isinstance(m, Int4Linear) for m in h.model.modules())
 
 
 def test_no_calibration_raises():
     h = tiny_handle()
-    before = _state(h.model)
+    before = snapshot(h.model)
     with pytest.raises(StageFailed, match="calibration"):
         awq.apply(h, AWQConfig(group_size=32), None)
-    assert _unchanged(h.model, before)
+    assert unchanged(h.model, before)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,6 @@ import pytest
 pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed")
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from torch import nn  # noqa: E402
@@ -22,7 +21,7 @@ from compress.profile.memory import weight_bytes  # noqa: E402
 from compress.quant import bnb as qbnb  # noqa: E402
 from compress.quant.bnb import BnbLinear, runtime_layout, unpack_cpu_layout  # noqa: E402
 from compress.quant.serialize import load_compressed, save_compressed  # noqa: E402
-from compress.testing import tiny_handle  # noqa: E402
+from compress.testing import kl_per_token, tiny_handle  # noqa: E402
 
 IDS = torch.randint(4, 100, (2, 48), generator=torch.Generator().manual_seed(0))
 # logits spread enough that KL separates faithful quantization from a broken one (see rtn tests)
@@ -39,12 +38,6 @@ LINEAR_RATIO_MAX = {"nf4": 0.2, "fp4": 0.2, "int8": 0.3}
 def _logits(model) -> torch.Tensor:
     with torch.no_grad():
         return model(IDS).logits.float()
-
-
-def _kl(ref: torch.Tensor, other: torch.Tensor) -> float:
-    lr = F.log_softmax(ref, -1).reshape(-1, ref.shape[-1])
-    lo = F.log_softmax(other, -1).reshape(-1, ref.shape[-1])
-    return float(F.kl_div(lo, lr, log_target=True, reduction="batchmean"))
 
 
 def _decoder_linears(model) -> dict[str, nn.Linear]:
@@ -73,7 +66,7 @@ def reference():
 
 
 def test_random_seed_kl_is_large(reference):
-    assert _kl(reference["logits"], _logits(tiny_handle(seed=1, **SPREAD).model)) > 0.3
+    assert kl_per_token(reference["logits"], _logits(tiny_handle(seed=1, **SPREAD).model)) > 0.3
 
 
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4", "int8"])
@@ -103,7 +96,7 @@ def test_replaces_linears_shrinks_and_stays_close(reference, quant_type):
     assert weight_bytes(m) < 0.3 * reference["bytes"]
     out = _logits(m)
     assert torch.isfinite(out).all()
-    kl = _kl(reference["logits"], out)
+    kl = kl_per_token(reference["logits"], out)
     assert 0 < kl < KL_MAX[quant_type], kl
     assert info["seconds"] > 0 and info["kernel"]
 
@@ -113,7 +106,7 @@ def test_int8_closer_than_nf4_closer_than_fp4(reference):
     for qt in ("int8", "nf4", "fp4"):
         h = tiny_handle(**SPREAD)
         bnb_method.apply(h, BnbConfig(quant_type=qt))
-        kls[qt] = _kl(reference["logits"], _logits(h.model))
+        kls[qt] = kl_per_token(reference["logits"], _logits(h.model))
     assert kls["int8"] < kls["nf4"] / 10 and kls["nf4"] < kls["fp4"], kls
 
 

@@ -10,12 +10,10 @@ import importlib.util
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from compress.methods.calibrate import CalibrationData
 from compress.profile.memory import weight_bytes
 from compress.quant.serialize import load_compressed, save_compressed
-from compress.testing import tiny_handle
+from compress.testing import kl_per_token, tiny_calibration, tiny_handle
 
 pytestmark = pytest.mark.gpu
 DEVICE = "cuda"  # the test logic was checked on CPU by swapping this name
@@ -23,11 +21,6 @@ DEVICE = "cuda"  # the test logic was checked on CPU by swapping this name
 IDS = torch.randint(4, 100, (2, 48), generator=torch.Generator().manual_seed(0))
 SPREAD = {"initializer_range": 0.1}
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
-
-
-def _calib() -> CalibrationData:
-    g = torch.Generator().manual_seed(1)
-    return CalibrationData(torch.randint(4, 100, (16, 64), generator=g))
 
 
 def _cuda_handle(seed: int = 0):
@@ -40,12 +33,6 @@ def _cuda_handle(seed: int = 0):
 def _logits(model) -> torch.Tensor:
     with torch.no_grad():
         return model(IDS.to(next(model.parameters()).device)).logits.float().cpu()
-
-
-def _kl(ref: torch.Tensor, other: torch.Tensor) -> float:
-    lr = F.log_softmax(ref, -1).reshape(-1, ref.shape[-1])
-    lo = F.log_softmax(other, -1).reshape(-1, ref.shape[-1])
-    return float(F.kl_div(lo, lr, log_target=True, reduction="batchmean"))
 
 
 def _stages():
@@ -83,7 +70,7 @@ def _stages():
 @pytest.fixture(scope="module")
 def reference():
     h = tiny_handle(**SPREAD)
-    far = _kl(_logits(h.model), _logits(tiny_handle(seed=1, **SPREAD).model))
+    far = kl_per_token(_logits(h.model), _logits(tiny_handle(seed=1, **SPREAD).model))
     return {"bytes": weight_bytes(h.model), "logits": _logits(h.model), "far": far}
 
 
@@ -96,7 +83,7 @@ def test_method_on_cuda(reference, tmp_path, name, stages, cls, max_ratio, max_k
     h = _cuda_handle()
     for cfg in stages:
         fn = get_apply(cfg.method)
-        info = fn(h, cfg, _calib()) if needs_calibration(cfg) else fn(h, cfg)
+        info = fn(h, cfg, tiny_calibration()) if needs_calibration(cfg) else fn(h, cfg)
     quantized = [m for m in h.model.modules() if type(m).__name__ == cls]
     assert quantized, f"{name}: no {cls} in the model"
     for m in quantized:  # the quantized storage lives on the GPU
@@ -104,7 +91,7 @@ def test_method_on_cuda(reference, tmp_path, name, stages, cls, max_ratio, max_k
     assert all(p.device.type == DEVICE for p in h.model.parameters())
     ratio = weight_bytes(h.model) / reference["bytes"]
     assert ratio < max_ratio, (name, ratio)
-    kl = _kl(reference["logits"], _logits(h.model))
+    kl = kl_per_token(reference["logits"], _logits(h.model))
     assert kl < max_kl and kl < reference["far"] / 10, (name, kl, reference["far"])
     assert info["summary"]
     # saved on the GPU, reloaded on the GPU: same logits

@@ -7,18 +7,16 @@ import logging
 
 import pytest
 import torch
-import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
 from compress.errors import StageFailed
 from compress.methods import gptq, rtn
-from compress.methods.calibrate import CalibrationData
 from compress.methods.gptq import GPTQConfig
 from compress.profile.memory import weight_bytes
 from compress.quant.modules import Int4Linear, Int8Embedding, Int8Linear
 from compress.quant.serialize import load_compressed, save_compressed
-from compress.testing import tiny_handle
+from compress.testing import kl_per_token, tiny_calibration, tiny_handle
 
 IDS = torch.randint(4, 100, (2, 48), generator=torch.Generator().manual_seed(0))
 SPREAD = {"initializer_range": 0.1}  # logits spread enough for KL to separate (see test_rtn)
@@ -37,20 +35,9 @@ DECODER = [
 ]
 
 
-def _calib(samples: int = 16, seq_len: int = 64, seed: int = 1) -> CalibrationData:
-    g = torch.Generator().manual_seed(seed)
-    return CalibrationData(torch.randint(4, 100, (samples, seq_len), generator=g))
-
-
 def _logits(h) -> torch.Tensor:
     with torch.no_grad():
         return h.model(IDS).logits.float()
-
-
-def _kl(ref: torch.Tensor, other: torch.Tensor) -> float:
-    lr = F.log_softmax(ref, -1).reshape(-1, ref.shape[-1])
-    lo = F.log_softmax(other, -1).reshape(-1, ref.shape[-1])
-    return float(F.kl_div(lo, lr, log_target=True, reduction="batchmean"))
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +49,7 @@ def reference():
 @pytest.fixture(scope="module")
 def int4_g32(reference):
     h = tiny_handle(**SPREAD)
-    info = gptq.apply(h, GPTQConfig(bits=4, group_size=32, batch_size=4), _calib())
+    info = gptq.apply(h, GPTQConfig(bits=4, group_size=32, batch_size=4), tiny_calibration())
     return h, info
 
 
@@ -80,14 +67,14 @@ def test_int4_layers_bytes_and_logits(reference, int4_g32):
     assert weight_bytes(m) < 0.3 * reference["bytes"]  # the tied embedding stays bf16
     out = _logits(h)
     assert torch.isfinite(out).all()
-    assert _kl(reference["logits"], out) < 0.1
+    assert kl_per_token(reference["logits"], out) < 0.1
 
 
 def test_gptq_closer_than_rtn_on_tiny_model(reference, int4_g32):
     h_r = tiny_handle(**SPREAD)
     rtn.apply(h_r, rtn.RTNConfig(bits=4, group_size=32))
-    kl_gptq = _kl(reference["logits"], _logits(int4_g32[0]))
-    kl_rtn = _kl(reference["logits"], _logits(h_r))
+    kl_gptq = kl_per_token(reference["logits"], _logits(int4_g32[0]))
+    kl_rtn = kl_per_token(reference["logits"], _logits(h_r))
     assert kl_gptq < kl_rtn, (kl_gptq, kl_rtn)
 
 
@@ -103,12 +90,12 @@ def test_save_load_round_trip(int4_g32, tmp_path):
 
 def test_recipe_shape_with_int8_head(reference):
     h = tiny_handle(**SPREAD)
-    gptq.apply(h, GPTQConfig(bits=4, group_size=64, symmetric=False), _calib())
+    gptq.apply(h, GPTQConfig(bits=4, group_size=64, symmetric=False), tiny_calibration())
     rtn.apply(h, rtn.RTNConfig(bits=8, targets=["lm_head"], ignore=[]))
     m = h.model
     assert isinstance(m.lm_head, Int8Linear) and isinstance(m.model.embed_tokens, Int8Embedding)
     assert weight_bytes(m) / reference["bytes"] < 0.2
-    assert _kl(reference["logits"], _logits(h)) < 0.1
+    assert kl_per_token(reference["logits"], _logits(h)) < 0.1
 
 
 @pytest.mark.parametrize(
@@ -125,9 +112,9 @@ def test_recipe_shape_with_int8_head(reference):
 )
 def test_variants_run_on_int4_storage(reference, kwargs):
     h = tiny_handle(**SPREAD)
-    info = gptq.apply(h, GPTQConfig(**kwargs), _calib(8, 32))
+    info = gptq.apply(h, GPTQConfig(**kwargs), tiny_calibration(8, 32))
     assert all(isinstance(h.model.get_submodule(n), Int4Linear) for n in DECODER)
-    kl = _kl(reference["logits"], _logits(h))
+    kl = kl_per_token(reference["logits"], _logits(h))
     assert kl < {4: 0.1, 3: 0.3, 2: 0.6}[kwargs["bits"]], kl  # measured 0.03 / 0.11-0.17 / 0.35
     notes = " ".join(info["notes"])
     if kwargs["bits"] < 4:
@@ -140,22 +127,24 @@ def test_variants_run_on_int4_storage(reference, kwargs):
 
 def test_int8_per_channel(reference):
     h = tiny_handle(**SPREAD)
-    info = gptq.apply(h, GPTQConfig(bits=8, group_size=None), _calib(8, 32))
+    info = gptq.apply(h, GPTQConfig(bits=8, group_size=None), tiny_calibration(8, 32))
     assert all(isinstance(h.model.get_submodule(n), Int8Linear) for n in DECODER)
     assert info["kernel"] == "aten._weight_int8pack_mm"
-    assert _kl(reference["logits"], _logits(h)) < 5e-3
+    assert kl_per_token(reference["logits"], _logits(h)) < 5e-3
 
 
 def test_true_sequential_groups_and_debug_timing(caplog):
     with caplog.at_level(logging.DEBUG, logger="compress.methods.gptq"):
-        gptq.apply(tiny_handle(), GPTQConfig(bits=4, group_size=32), _calib(4, 32))
+        gptq.apply(tiny_handle(), GPTQConfig(bits=4, group_size=32), tiny_calibration(4, 32))
     lines = [r.getMessage() for r in caplog.records if "groups" in r.getMessage()]
     assert len(lines) == 2 and "4 groups [3, 1, 2, 1]" in lines[0]  # qkv, o, gate/up, down
 
 
 def test_targets_subset_only_changes_those():
     h = tiny_handle()
-    info = gptq.apply(h, GPTQConfig(targets=["re:.*mlp\\..*"], group_size=32), _calib(4, 32))
+    info = gptq.apply(
+        h, GPTQConfig(targets=["re:.*mlp\\..*"], group_size=32), tiny_calibration(4, 32)
+    )
     assert info["layers"] == 6
     assert isinstance(h.model.model.layers[0].mlp.down_proj, Int4Linear)
     assert isinstance(h.model.model.layers[0].self_attn.q_proj, nn.Linear)
@@ -170,7 +159,7 @@ def test_group_size_not_dividing_raises_and_changes_nothing():
     h = tiny_handle(hidden_size=48, intermediate_size=96, num_attention_heads=4)
     before = {k: v.clone() for k, v in h.model.state_dict().items()}
     with pytest.raises(StageFailed) as ei:
-        gptq.apply(h, GPTQConfig(bits=4, group_size=32), _calib(4, 32))
+        gptq.apply(h, GPTQConfig(bits=4, group_size=32), tiny_calibration(4, 32))
     msg = str(ei.value)
     assert "model.layers.0.self_attn.q_proj (in_features 48)" in msg and "12 layer(s)" in msg
     after = h.model.state_dict()
@@ -180,17 +169,17 @@ def test_group_size_not_dividing_raises_and_changes_nothing():
     assert h.dtype == "float32"
     # per channel: stored in int4 groups; 48 has no such divisor either
     with pytest.raises(StageFailed, match="per-channel int4"):
-        gptq.apply(h, GPTQConfig(bits=4, group_size=None), _calib(4, 32))
+        gptq.apply(h, GPTQConfig(bits=4, group_size=None), tiny_calibration(4, 32))
 
 
 def test_lm_head_target_refused():
     with pytest.raises(StageFailed, match="outside.*lm_head"):
-        gptq.apply(tiny_handle(), GPTQConfig(group_size=32, ignore=[]), _calib(4, 32))
+        gptq.apply(tiny_handle(), GPTQConfig(group_size=32, ignore=[]), tiny_calibration(4, 32))
 
 
 def test_targets_without_linear_raise():
     with pytest.raises(StageFailed, match="no nn.Linear"):
-        gptq.apply(tiny_handle(), GPTQConfig(targets=["LlamaRMSNorm"]), _calib(4, 32))
+        gptq.apply(tiny_handle(), GPTQConfig(targets=["LlamaRMSNorm"]), tiny_calibration(4, 32))
 
 
 def test_nan_weight_raises_naming_the_layer():
@@ -198,7 +187,9 @@ def test_nan_weight_raises_naming_the_layer():
     with torch.no_grad():
         h.model.model.layers[1].mlp.down_proj.weight[3, 5] = float("nan")
     with pytest.raises(StageFailed, match=r"model\.layers\.1\.mlp\.down_proj"):
-        gptq.apply(h, GPTQConfig(group_size=32, calibration_dtype="float32"), _calib(4, 32))
+        gptq.apply(
+            h, GPTQConfig(group_size=32, calibration_dtype="float32"), tiny_calibration(4, 32)
+        )
 
 
 @pytest.mark.parametrize(

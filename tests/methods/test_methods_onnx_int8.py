@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from pydantic import ValidationError
 
 pytest.importorskip("onnx")
@@ -20,7 +19,7 @@ from compress.profile.latency import profile_generation  # noqa: E402
 from compress.profile.memory import weight_bytes  # noqa: E402
 from compress.quant.serialize import MANIFEST, load_compressed, save_compressed  # noqa: E402
 from compress.runtimes.onnxruntime import ONNX_FILE, OrtCausalLM  # noqa: E402
-from compress.testing import tiny_handle  # noqa: E402
+from compress.testing import kl_per_token, tiny_handle  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 IDS = torch.randint(4, 100, (2, 48), generator=torch.Generator().manual_seed(0))
@@ -40,12 +39,6 @@ KERNELS = {
 def _logits(model, ids=IDS) -> torch.Tensor:
     with torch.no_grad():
         return model(ids).logits.float()
-
-
-def _kl(ref: torch.Tensor, other: torch.Tensor) -> float:
-    lr = F.log_softmax(ref, -1).reshape(-1, ref.shape[-1])
-    lo = F.log_softmax(other, -1).reshape(-1, ref.shape[-1])
-    return float(F.kl_div(lo, lr, log_target=True, reduction="batchmean"))
 
 
 @pytest.fixture(scope="module")
@@ -99,14 +92,14 @@ def test_int8_logits_close_and_weights_smaller(case, applied, reference):
     kernel = KERNELS[case].get("kernel", "dynamic")  # (lm_head float: covered by "dynamic")
     got = _logits(h.model)
     assert got.dtype == torch.float32 and got.shape == reference["logits"].shape
-    assert _kl(reference["logits"], got) < KL_BOUND[kernel]
+    assert kl_per_token(reference["logits"], got) < KL_BOUND[kernel]
     ratio = weight_bytes(h.model) / reference["bytes"]
     assert ratio < RATIO_BOUND, ratio
 
 
 def test_random_seed_kl_is_large(reference):
     # guards the KL bounds: an unrelated model is far away
-    assert _kl(reference["logits"], _logits(tiny_handle(seed=1, **SPREAD).model)) > 0.3
+    assert kl_per_token(reference["logits"], _logits(tiny_handle(seed=1, **SPREAD).model)) > 0.3
 
 
 def test_tied_int8_embedding_matches_dequantized_rows(applied, reference):
@@ -117,7 +110,7 @@ def test_tied_int8_embedding_matches_dequantized_rows(applied, reference):
     ref = _logits(reference["model"], ids)
     for case in ("dynamic_all", "matmul_nbits_all"):
         # measured 1.3e-3 (dynamic), 3.1e-4 (matmul_nbits); a wrong row/scale would be > 0.1
-        assert _kl(ref, _logits(applied[case][0].model, ids)) < 5e-3
+        assert kl_per_token(ref, _logits(applied[case][0].model, ids)) < 5e-3
 
 
 @pytest.mark.parametrize("case", ["dynamic_all", "matmul_nbits_all"])

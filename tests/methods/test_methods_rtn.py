@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
@@ -14,7 +13,7 @@ from compress.methods.rtn import RTNConfig
 from compress.profile.memory import weight_bytes
 from compress.quant.dynamic import DynamicInt8Linear
 from compress.quant.modules import Int4Linear, Int8Embedding, Int8Linear
-from compress.testing import tiny_handle
+from compress.testing import kl_per_token, tiny_handle
 
 IDS = torch.randint(4, 100, (2, 48), generator=torch.Generator().manual_seed(0))
 # initializer_range 0.1 instead of HF's 0.02: logits then spread enough that KL separates a
@@ -25,13 +24,6 @@ SPREAD = {"initializer_range": 0.1}
 def _logits(h) -> torch.Tensor:
     with torch.no_grad():
         return h.model(IDS).logits.float()
-
-
-def _kl(ref: torch.Tensor, other: torch.Tensor) -> float:
-    """Mean per-token KL(ref || other)."""
-    lr = F.log_softmax(ref, -1).reshape(-1, ref.shape[-1])
-    lo = F.log_softmax(other, -1).reshape(-1, ref.shape[-1])
-    return float(F.kl_div(lo, lr, log_target=True, reduction="batchmean"))
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +38,7 @@ def _linear_names(model) -> list[str]:
 
 def test_random_seed_kl_is_large(reference):
     # guards the bounds below: an unrelated model is far away
-    assert _kl(reference["logits"], _logits(tiny_handle(seed=1, **SPREAD))) > 0.3
+    assert kl_per_token(reference["logits"], _logits(tiny_handle(seed=1, **SPREAD))) > 0.3
 
 
 def test_int8_all_linear(reference):
@@ -77,7 +69,7 @@ def test_int8_all_linear(reference):
     norms = 2 * 64 * (2 * 2 + 1)
     assert weight_bytes(m) == codes + scales + norms
     assert weight_bytes(m) < 0.35 * reference["bytes"]
-    kl = _kl(reference["logits"], _logits(h))
+    kl = kl_per_token(reference["logits"], _logits(h))
     assert kl < 5e-3, kl
     ids_emb = emb(IDS[:, :4])
     assert ids_emb.dtype == torch.bfloat16 and torch.isfinite(ids_emb).all()
@@ -96,7 +88,7 @@ def test_int4_g32_plus_int8_head(reference):
     )
     ratio = weight_bytes(m) / reference["bytes"]
     assert ratio < 0.2, ratio  # below what int8 everywhere gives (~0.26)
-    kl4 = _kl(reference["logits"], _logits(h))
+    kl4 = kl_per_token(reference["logits"], _logits(h))
     assert kl4 < 0.1, kl4
 
 
@@ -104,7 +96,10 @@ def test_int8_closer_than_int4(reference):
     h8, h4 = tiny_handle(**SPREAD), tiny_handle(**SPREAD)
     rtn.apply(h8, RTNConfig(bits=8, ignore=[]))
     rtn.apply(h4, RTNConfig(bits=4, group_size=32, ignore=[]))
-    assert _kl(reference["logits"], _logits(h8)) < _kl(reference["logits"], _logits(h4)) / 10
+    assert (
+        kl_per_token(reference["logits"], _logits(h8))
+        < kl_per_token(reference["logits"], _logits(h4)) / 10
+    )
 
 
 def test_int4_lm_head_leaves_embedding_float_and_says_so():
@@ -263,7 +258,7 @@ def test_dynamic_int8_replaces_linears(reference, ignore):
     assert ratio < 0.45, ratio
     out = _logits(h)
     assert torch.isfinite(out).all()
-    kl = _kl(reference["logits"], out)
+    kl = kl_per_token(reference["logits"], out)
     assert 0 < kl < 0.03, kl
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from compress.errors import StageFailed
@@ -15,7 +14,7 @@ from compress.methods.smoothquant import SmoothQuantConfig
 from compress.profile.memory import weight_bytes
 from compress.quant.dynamic import DynamicInt8Linear
 from compress.quant.modules import Int4Linear
-from compress.testing import tiny_handle
+from compress.testing import kl_per_token, snapshot, tiny_handle, unchanged
 
 IDS = torch.randint(4, 100, (2, 48), generator=torch.Generator().manual_seed(0))
 CALIB = CalibrationData(torch.randint(4, 128, (16, 64), generator=torch.Generator().manual_seed(1)))
@@ -36,27 +35,12 @@ def _logits(model) -> torch.Tensor:
         return model(IDS).logits.float()
 
 
-def _kl(ref: torch.Tensor, other: torch.Tensor) -> float:
-    lr = F.log_softmax(ref, -1).reshape(-1, ref.shape[-1])
-    lo = F.log_softmax(other, -1).reshape(-1, ref.shape[-1])
-    return float(F.kl_div(lo, lr, log_target=True, reduction="batchmean"))
-
-
 def _rel(a, b) -> float:
     return float((a - b).norm() / b.norm())
 
 
 def _decoder_linears(model) -> list[str]:
     return [n for n, _ in model.named_modules() if n.endswith(DECODER_SUFFIXES)]
-
-
-def _state(model) -> dict:
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _unchanged(model, before: dict) -> bool:
-    after = model.state_dict()
-    return after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
 
 
 def outlier_handle() -> ModelHandle:
@@ -165,10 +149,10 @@ def test_w8a8_replaces_linears_and_shrinks(w8a8):
 
 def test_w8a8_beats_plain_dynamic_int8_on_outliers(w8a8):
     h, _, ref, _ = w8a8
-    kl_sq = _kl(ref, _logits(h.model))
+    kl_sq = kl_per_token(ref, _logits(h.model))
     plain = outlier_handle()
     dynamic_int8.apply(plain, dynamic_int8.DynamicInt8Config())
-    kl_plain = _kl(ref, _logits(plain.model))
+    kl_plain = kl_per_token(ref, _logits(plain.model))
     assert 0 < kl_sq < 0.5 * kl_plain, (kl_sq, kl_plain)
     assert kl_sq < 0.02
 
@@ -199,7 +183,7 @@ def test_smooth_then_rtn_composes():
     smoothquant.apply(h, SmoothQuantConfig(alpha=0.5, w8a8=False), CALIB)
     rtn.apply(h, rtn.RTNConfig(bits=4, group_size=32, symmetric=False))
     assert isinstance(h.model.model.layers[1].mlp.down_proj, Int4Linear)
-    assert _kl(ref, _logits(h.model)) < 0.2
+    assert kl_per_token(ref, _logits(h.model)) < 0.2
 
 
 # -- refusals -----------------------------------------------------------------------------
@@ -221,10 +205,10 @@ def test_unknown_architecture_raises_naming_it():
         )
     ).eval()
     h = ModelHandle(model, tiny_tokenizer(), ModelSource("tiny-opt", "local_dir"), "float32", "cpu")
-    before = _state(model)
+    before = snapshot(model)
     with pytest.raises(StageFailed, match=r"OPTForCausalLM.*opt"):
         smoothquant.apply(h, SmoothQuantConfig(), CALIB)
-    assert _unchanged(model, before)
+    assert unchanged(model, before)
 
 
 def test_no_calibration_raises():
@@ -236,10 +220,10 @@ def test_no_calibration_raises():
 def test_w8a8_on_a_device_without_int8_kernels_raises_and_changes_nothing():
     h = tiny_handle()
     h.device = "mps"
-    before = _state(h.model)
+    before = snapshot(h.model)
     with pytest.raises(StageFailed, match="cpu and cuda"):
         smoothquant.apply(h, SmoothQuantConfig(), CALIB)
-    assert _unchanged(h.model, before)
+    assert unchanged(h.model, before)
 
 
 def test_after_quantization_refuses_to_rescale():
