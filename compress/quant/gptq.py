@@ -12,6 +12,7 @@ with H = identity GPTQ returns exactly round-to-nearest's codes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 
@@ -127,6 +128,19 @@ def _solve_block(Wt, Qt, U, scale, zero, i1: int, i2: int, groups, grid) -> None
         Wt[i2:].addmm_(U[i1:i2, i2:].t(), Err1, alpha=-1.0)
 
 
+def _one_thread_when_small(fn):
+    """Run `fn(W, ...)` on one CPU thread when W is small (see `_ONE_THREAD_MAX`)."""
+
+    @functools.wraps(fn)
+    def run(W: torch.Tensor, *args, **kwargs):
+        small = W.device.type == "cpu" and W.numel() <= _ONE_THREAD_MAX
+        with _threads(1 if small else None):
+            return fn(W, *args, **kwargs)
+
+    return run
+
+
+@_one_thread_when_small
 def gptq_quantize(
     W: torch.Tensor,
     H: torch.Tensor,
@@ -156,22 +170,6 @@ def gptq_quantize(
       grid with no column permutation (g_idx) for the kernels to follow.
     - static_groups without act_order is also allowed (same rule, natural column order).
     """
-    small = W.device.type == "cpu" and W.numel() <= _ONE_THREAD_MAX
-    with _threads(1 if small else None):
-        return _gptq(W, H, bits, group_size, symmetric, act_order, damp, block_size, static_groups)
-
-
-def _gptq(
-    W: torch.Tensor,
-    H: torch.Tensor,
-    bits: int,
-    group_size: int | None = None,
-    symmetric: bool = True,
-    act_order: bool = False,
-    damp: float = 0.01,
-    block_size: int = 128,
-    static_groups: bool | None = None,
-) -> tuple[QuantizedTensor, torch.Tensor]:
     if not 2 <= bits <= 8:
         raise ValueError(f"bits must be in 2..8, got {bits}")
     rows, cols = W.shape
