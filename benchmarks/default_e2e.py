@@ -20,32 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from recipes import run_one  # benchmarks/recipes.py: the full apply of one recipe
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = {"int8": "recipes/int8.yaml", "int4": "recipes/int4.yaml"}
 TARGETS = {  # from the issue: ratio vs fp32 baseline on this 2-core machine
     "int8": {"decode": 2.5, "weights": 0.35},
     "int4": {"decode": 2.0, "weights": 0.25},
 }
-
-
-def run_full(recipe_path: str, windows: int, data_dir: str, out: Path) -> dict:
-    from compress.pipeline import apply
-    from compress.recipe import load_recipe, parse_recipe
-
-    recipe = load_recipe(REPO / recipe_path)
-    data = recipe.model_dump(mode="json")
-    data["eval"]["wikitext2"]["max_windows"] = windows
-    recipe = parse_recipe(data)
-    t0 = time.perf_counter()
-    report, _ = apply(
-        recipe,
-        recipe_text=(REPO / recipe_path).read_text(),
-        out_root=out,
-        data_dir=data_dir,
-        progress=True,
-    )
-    wall = time.perf_counter() - t0
-    return {"report": report, "wall_s": wall}
 
 
 def run_quick(recipe_path: str, data_dir: str, out: Path) -> float:
@@ -94,7 +76,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="compress-bench-") as tmp:
         for label, path in RECIPES.items():
             print(f"\n=== {label}: full apply, {args.windows} windows of 2048 ===", flush=True)
-            res = run_full(path, args.windows, args.data_dir, args.keep or Path(tmp) / "full")
+            out = args.keep or Path(tmp) / "full"
+            res = run_one(REPO / path, "auto", args.windows, args.data_dir, out, progress=True)
             quick = None if args.skip_quick else run_quick(path, args.data_dir, Path(tmp) / "q")
             r = res["report"]
             c = {x.metric: x for x in r.comparisons}

@@ -21,11 +21,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_one(name: str, device: str, windows: int, data_dir: str, out: Path) -> dict:
+def run_one(
+    path: Path, device: str, windows: int, data_dir: str, out: Path, progress: bool = False
+) -> dict:
+    """The full `apply` of the recipe at `path` with `windows` WikiText-2 windows."""
     from compress.pipeline import apply
     from compress.recipe import load_recipe, parse_recipe
 
-    path = REPO / "recipes" / f"{name}.yaml"
     data = load_recipe(path).model_dump(mode="json")
     data["eval"]["wikitext2"]["max_windows"] = windows
     t0 = time.perf_counter()
@@ -35,7 +37,7 @@ def run_one(name: str, device: str, windows: int, data_dir: str, out: Path) -> d
         out_root=out,
         device=device,
         data_dir=data_dir,
-        progress=False,
+        progress=progress,
     )
     return {"report": report, "run_dir": run_dir, "wall_s": time.perf_counter() - t0}
 
@@ -91,7 +93,8 @@ def main() -> None:
         for name in args.recipes:
             print(f"\n=== {name} on {args.device}, {args.windows} windows ===", flush=True)
             try:
-                row = summarize(name, run_one(name, args.device, args.windows, args.data_dir, out))
+                path = REPO / "recipes" / f"{name}.yaml"
+                row = summarize(name, run_one(path, args.device, args.windows, args.data_dir, out))
             except Exception as e:  # keep going: one broken recipe must not hide the others
                 traceback.print_exc()
                 row = {"recipe": name, "error": f"{type(e).__name__}: {e}"}
