@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress._config import INT4_GROUP_SIZES  # noqa: F401  (re-exported)
+from compress._config import INT4_GROUP_SIZES
 from compress.quant.grid import QuantizedTensor, int8_codes, pack_int4, unpack_int4
 
 log = logging.getLogger(__name__)
