@@ -102,7 +102,7 @@ def apply(handle: ModelHandle, cfg: AWQConfig, calibration=None) -> dict:
     import torch
 
     from compress.errors import StageFailed
-    from compress.methods.calibrate import sequential
+    from compress.methods.calibrate import require_calibration, sequential
     from compress.methods.mappings import plan as make_plan
     from compress.methods.targets import cast_float_parts, select_linears, set_module
     from compress.quant.awq import search_clip, search_scales
@@ -112,12 +112,7 @@ def apply(handle: ModelHandle, cfg: AWQConfig, calibration=None) -> dict:
 
     t0 = time.perf_counter()
     model = handle.model
-    if calibration is None:
-        raise StageFailed(
-            "awq needs calibration data (activations pick the scales) and got none.",
-            fix="Add a calibration block to the recipe, e.g. calibration: {dataset: "
-            "wikitext2-calib, samples: 128, seq_len: 512}.",
-        )
+    require_calibration(calibration, "awq", "activations pick the scales")
     chosen = select_linears(model, cfg.targets, cfg.ignore, stage="awq", group_size=cfg.group_size)
     plan = make_plan(model, chosen, stage="awq")
     dtype = getattr(torch, cfg.compute_dtype)

@@ -112,6 +112,20 @@ def load_calibration(tokenizer, cfg, data_dir: str | Path | None = None) -> Cali
     )
 
 
+def require_calibration(calibration, stage: str, why: str) -> CalibrationData:
+    """`calibration`, or a StageFailed naming the stage and the recipe block that is missing
+    (called before a stage changes anything)."""
+    from compress.errors import StageFailed
+
+    if calibration is None:
+        raise StageFailed(
+            f"{stage} needs calibration data ({why}) and got none.",
+            fix="Add a calibration block to the recipe, e.g. calibration: {dataset: "
+            "wikitext2-calib, samples: 128, seq_len: 512}.",
+        )
+    return calibration
+
+
 def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """The decoder's layer list and its module name (`model.layers` for Llama/Gemma/Qwen...)."""
     for name in (

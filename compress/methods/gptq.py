@@ -127,19 +127,14 @@ def apply(handle: ModelHandle, cfg: GPTQConfig, calibration=None) -> dict:
     from torch import nn
 
     from compress.errors import StageFailed
-    from compress.methods.calibrate import decoder_layers, sequential
+    from compress.methods.calibrate import decoder_layers, require_calibration, sequential
     from compress.methods.targets import cast_float_parts, select_linears, set_module
     from compress.quant.gptq import gptq_quantize, output_energy
     from compress.quant.grid import QuantizedTensor, as_int4, container_notes, dequantize
     from compress.quant.modules import Int4Linear, Int8Linear, weight_only_kernel
 
     t0 = time.perf_counter()
-    if calibration is None:
-        raise StageFailed(
-            "gptq needs calibration data (layer inputs to build its Hessians); none was given.",
-            fix="Add a calibration block to the recipe, e.g. calibration: {dataset: "
-            "wikitext2-calib, samples: 128, seq_len: 512}.",
-        )
+    require_calibration(calibration, "gptq", "layer inputs to build its Hessians")
     model = handle.model
     dtype = getattr(torch, cfg.compute_dtype)
     calib_dtype = getattr(torch, cfg.calibration_dtype or cfg.compute_dtype)

@@ -53,7 +53,7 @@ def apply(handle: ModelHandle, cfg: SmoothQuantConfig, calibration=None) -> dict
     from torch import nn
 
     from compress.errors import StageFailed
-    from compress.methods.calibrate import sequential
+    from compress.methods.calibrate import require_calibration, sequential
     from compress.methods.mappings import plan as make_plan
     from compress.methods.targets import cast_float_parts, select, set_module
     from compress.quant.smooth import (
@@ -65,12 +65,7 @@ def apply(handle: ModelHandle, cfg: SmoothQuantConfig, calibration=None) -> dict
 
     t0 = time.perf_counter()
     model = handle.model
-    if calibration is None:
-        raise StageFailed(
-            "smoothquant needs calibration data (activation ranges pick the scales) and got none.",
-            fix="Add a calibration block to the recipe, e.g. calibration: {dataset: "
-            "wikitext2-calib, samples: 128, seq_len: 512}.",
-        )
+    require_calibration(calibration, "smoothquant", "activation ranges pick the scales")
     on_cuda = torch.device(handle.device).type == "cuda"
     if cfg.w8a8 and torch.device(handle.device).type not in ("cpu", "cuda"):
         raise StageFailed(
