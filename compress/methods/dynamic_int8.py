@@ -25,11 +25,10 @@ class DynamicInt8Config(StageBase):
 
 def apply(handle: ModelHandle, cfg: DynamicInt8Config, calibration=None) -> dict:
     import torch
-    from torch import nn
     from tqdm.auto import tqdm
 
     from compress.errors import StageFailed
-    from compress.methods.targets import cast_float_parts, select, set_module
+    from compress.methods.targets import cast_float_parts, linears, set_module
     from compress.quant.dynamic import DynamicInt8Linear
 
     if handle.device != "cpu":
@@ -40,13 +39,7 @@ def apply(handle: ModelHandle, cfg: DynamicInt8Config, calibration=None) -> dict
     t0 = time.perf_counter()
     model = handle.model
     cast_float_parts(model, torch.float32)
-    chosen = {
-        n: m
-        for n, m in select(model, cfg.targets, cfg.ignore, stage="dynamic_int8").items()
-        if isinstance(m, nn.Linear)
-    }
-    if not chosen:
-        raise StageFailed(f"dynamic_int8: targets {cfg.targets} match no nn.Linear layer.")
+    chosen = linears(model, cfg.targets, cfg.ignore, stage="dynamic_int8")
     n_params = 0
     for name, lin in tqdm(list(chosen.items()), desc="dynamic int8", unit="layer", leave=False):
         set_module(model, name, DynamicInt8Linear.from_float(lin, per_channel=cfg.per_channel))

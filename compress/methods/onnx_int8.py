@@ -95,10 +95,9 @@ def require_package(module: str):
 
 def apply(handle: ModelHandle, cfg: OnnxInt8Config, calibration=None) -> dict:
     import torch
-    from torch import nn
 
     from compress.errors import StageFailed
-    from compress.methods.targets import cast_float_parts, select
+    from compress.methods.targets import cast_float_parts, linears
 
     onnx = require_package("onnx")
     require_package("onnxscript")
@@ -134,16 +133,7 @@ def apply(handle: ModelHandle, cfg: OnnxInt8Config, calibration=None) -> dict:
     t0 = time.perf_counter()
     cast_float_parts(model, torch.float32)
     model.to("cpu").eval()
-    chosen = {
-        n: m
-        for n, m in select(model, cfg.targets, cfg.ignore, stage="onnx_int8").items()
-        if isinstance(m, nn.Linear)
-    }
-    if not chosen:
-        raise StageFailed(
-            f"onnx_int8: targets {cfg.targets} (minus ignore {cfg.ignore}) match no nn.Linear.",
-            fix="Target Linear layers, e.g. targets: [Linear].",
-        )
+    chosen = linears(model, cfg.targets, cfg.ignore, stage="onnx_int8")
     notes: list[str] = []
     kv_cache = cfg.kv_cache
     try:

@@ -50,12 +50,11 @@ class _AbsMax:
 
 def apply(handle: ModelHandle, cfg: SmoothQuantConfig, calibration=None) -> dict:
     import torch
-    from torch import nn
 
     from compress.errors import StageFailed
     from compress.methods.calibrate import require_calibration, sequential
     from compress.methods.mappings import plan as make_plan
-    from compress.methods.targets import cast_float_parts, select, set_module
+    from compress.methods.targets import cast_float_parts, linears, set_module
     from compress.quant.smooth import (
         fold_into_linear_rows,
         fold_into_norm,
@@ -73,17 +72,7 @@ def apply(handle: ModelHandle, cfg: SmoothQuantConfig, calibration=None) -> dict
             f"'{handle.device}'.",
             fix="Run with --device cpu or cuda, or set w8a8: false and follow with another method.",
         )
-    chosen = {
-        n: m
-        for n, m in select(model, cfg.targets, cfg.ignore, stage="smoothquant").items()
-        if isinstance(m, nn.Linear)
-    }
-    if not chosen:
-        raise StageFailed(
-            f"smoothquant: targets {cfg.targets} (minus ignore {cfg.ignore}) match no "
-            "nn.Linear layer.",
-            fix="Target Linear layers, e.g. targets: [Linear].",
-        )
+    chosen = linears(model, cfg.targets, cfg.ignore, stage="smoothquant")
     plan = make_plan(model, chosen, stage="smoothquant")
     if cfg.w8a8 and on_cuda:
         from compress.quant.w8a8 import W8A8Linear, supports

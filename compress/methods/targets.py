@@ -78,6 +78,23 @@ def cast_float_parts(model: nn.Module, dtype) -> None:
                 module._buffers[name] = b.to(dtype)
 
 
+def linears(model: nn.Module, targets: list[str], ignore: list[str], *, stage: str):
+    """The nn.Linear layers `targets` minus `ignore` select; a StageFailed if there are none."""
+    from compress.errors import StageFailed
+
+    chosen = {
+        n: m
+        for n, m in select(model, targets, ignore, stage=stage).items()
+        if isinstance(m, nn.Linear)
+    }
+    if not chosen:
+        raise StageFailed(
+            f"{stage}: targets {targets} (minus ignore {ignore}) match no nn.Linear layer.",
+            fix="Target Linear layers, e.g. targets: [Linear].",
+        )
+    return chosen
+
+
 def select_linears(
     model: nn.Module,
     targets: list[str],
@@ -100,16 +117,7 @@ def select_linears(
     def listed(bad: list[str]) -> str:
         return f"{len(bad)} layer(s): {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}"
 
-    chosen = {
-        n: m
-        for n, m in select(model, targets, ignore, stage=stage).items()
-        if isinstance(m, nn.Linear)
-    }
-    if not chosen:
-        raise StageFailed(
-            f"{stage}: targets {targets} (minus ignore {ignore}) match no nn.Linear layer.",
-            fix="Target Linear layers, e.g. targets: [Linear].",
-        )
+    chosen = linears(model, targets, ignore, stage=stage)
     if group_size:
         bad = [
             f"{n} (in_features {m.in_features})"
