@@ -60,7 +60,7 @@ def summarize(comparisons: list[Comparison], cfg: CostConfig) -> CostSummary:
     if ppl is not None and ppl.ratio is not None:
         loss = ppl.ratio - 1
         loss_ci = [r - 1 for r in ppl.ratio_ci95] if ppl.ratio_ci95 else None
-    per_loss = None
+    per_loss = per_loss_ci = None
     if saving is None:
         headline = "Cost could not be compared: decode throughput was not measured on both models."
     elif loss is None:
@@ -71,10 +71,19 @@ def summarize(comparisons: list[Comparison], cfg: CostConfig) -> CostSummary:
             f"({_pct(loss)}, 95% CI {_pct(loss_ci[0])} to {_pct(loss_ci[1])})."
         )
     else:
-        per_loss = (100 * saving) / (100 * loss) if loss > 0 else None
+        per_loss = saving / loss if loss > 0 else None
+        if per_loss is not None and saving_ci and loss_ci:
+            # ends over ends: each interval 95%, so the range is conservative (not a 95% CI
+            # of the ratio); no delta method, which misbehaves when the loss is near 0
+            per_loss_ci = [saving_ci[0] / loss_ci[1], saving_ci[1] / loss_ci[0]]
         headline = (
             f"Serving cost {_pct(-saving)} per token for a perplexity change of {_pct(loss)}"
-            + (f": {per_loss:.2f}% cost saved per 1% perplexity lost." if per_loss else ".")
+            + (f": {per_loss:.2f}% cost saved per 1% perplexity lost" if per_loss else "")
+            + (
+                f" (range {per_loss_ci[0]:.2f} to {per_loss_ci[1]:.2f} from the two 95% intervals)."
+                if per_loss_ci
+                else "."
+            )
         )
     if mem_saving is not None:
         headline += f" Weights take {_pct(-mem_saving)} memory."
@@ -90,5 +99,6 @@ def summarize(comparisons: list[Comparison], cfg: CostConfig) -> CostSummary:
         quality_loss_fraction=loss,
         quality_loss_ci95=loss_ci,
         saving_per_quality_loss=per_loss,
+        saving_per_quality_loss_ci95=per_loss_ci,
         headline=headline,
     )

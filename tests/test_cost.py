@@ -62,7 +62,7 @@ def test_no_measurable_quality_loss_headline():
     assert s.cost_saving_ci95 == pytest.approx([0.45, 0.55])
     assert s.quality_loss_fraction == pytest.approx(0.004)
     assert s.quality_loss_ci95 == pytest.approx([-0.002, 0.010])
-    assert s.saving_per_quality_loss is None
+    assert s.saving_per_quality_loss is None and s.saving_per_quality_loss_ci95 is None
     assert s.memory_saving_fraction == pytest.approx(0.75)
     assert "no measurable" in s.headline
     assert "-50.0%" in s.headline and "-75.0%" in s.headline
@@ -78,6 +78,9 @@ def test_significant_quality_loss_gives_saving_per_loss():
     assert s.saving_per_quality_loss == pytest.approx(40.0 / 2.0)  # 40% saved / 2% lost
     assert "no measurable" not in s.headline
     assert "20.00% cost saved per 1% perplexity lost" in s.headline
+    # saving 35..45% over loss 1..3%: 11.67 .. 45
+    assert s.saving_per_quality_loss_ci95 == pytest.approx([35 / 3, 45.0])
+    assert "(range 11.67 to 45.00 from the two 95% intervals)" in s.headline
     assert s.memory_saving_fraction is None
 
 
@@ -85,6 +88,7 @@ def test_significant_quality_loss_without_ratio_interval():
     s = summarize([_cmp(COST_METRIC, 0.75), _cmp(QUALITY_METRIC, 1.05)], CFG)
     assert s.saving_per_quality_loss == pytest.approx(5.0)
     assert s.cost_saving_ci95 is None and s.quality_loss_ci95 is None
+    assert s.saving_per_quality_loss_ci95 is None and "range" not in s.headline
 
 
 def test_missing_cost_or_quality():

@@ -124,7 +124,16 @@ def render(r: Report) -> str:
             f", compressed {fmt(c.compressed_usd_per_million_tokens, '')}.",
         ]
         if c.saving_per_quality_loss is not None:
-            out.append(f"- Cost saved per 1% perplexity lost: {c.saving_per_quality_loss:.2f}%.")
+            rng = c.saving_per_quality_loss_ci95
+            out.append(
+                f"- Cost saved per 1% perplexity lost: {c.saving_per_quality_loss:.2f}%"
+                + (
+                    f" (conservative range {rng[0]:.2f}% to {rng[1]:.2f}%: the saving interval's "
+                    "ends over the perplexity-loss interval's ends)."
+                    if rng
+                    else "."
+                )
+            )
     out += [
         "",
         "## Every measurement",

@@ -81,6 +81,11 @@ class CostSummary(_Model):
     saving_per_quality_loss: float | None = Field(
         description="cost saved (%) per 1% of perplexity increase"
     )
+    saving_per_quality_loss_ci95: list[float] | None = Field(
+        None,
+        description="conservative 95% range: the saving interval's ends over the loss "
+        "interval's ends (null when the loss interval reaches 0: the ratio is unbounded)",
+    )
     headline: str
 
 
