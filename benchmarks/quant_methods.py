@@ -7,6 +7,7 @@ that executes it), perplexity delta (paired interval) and KLD - all from one run
     python benchmarks/quant_methods.py                       # SmolLM2, group 64 + per-channel
     python benchmarks/quant_methods.py --model gemma3-270m --group 128 --only rtn,gptq
     python benchmarks/quant_methods.py --peer                # + llm-compressor GPTQ side by side
+    python benchmarks/quant_methods.py --family prune        # magnitude / Wanda / SparseGPT
 
 Defaults follow the issue: >= 40 WikiText-2 windows of 2048, 128 x 512 calibration samples.
 """
@@ -46,6 +47,24 @@ def variants(g: int) -> dict[str, list[dict]]:
         "bnb-int8": [{"method": "bnb", "quant_type": "int8"}],
         "onnx-int8-dynamic": [{"method": "onnx_int8", "kernel": "dynamic"}],
         "onnx-int8-nbits": [{"method": "onnx_int8", "kernel": "matmul_nbits"}],
+    }
+
+
+def prune_variants(g: int) -> dict[str, list[dict]]:
+    """Pruning at 50%, unstructured and 2:4, then composed with GPTQ int4 (zeros kept)."""
+    gptq = {"method": "gptq", "bits": 4, "group_size": g, "act_order": True}
+    return {
+        "magnitude-50": [{"method": "magnitude", "sparsity": 0.5}],
+        "wanda-50": [{"method": "wanda", "sparsity": 0.5}],
+        "sparsegpt-50": [{"method": "sparsegpt", "sparsity": 0.5}],
+        "magnitude-2:4": [{"method": "magnitude", "mask_structure": "2:4"}],
+        "wanda-2:4": [{"method": "wanda", "mask_structure": "2:4"}],
+        "sparsegpt-2:4": [{"method": "sparsegpt", "mask_structure": "2:4"}],
+        f"gptq-w4g{g}-sym": [gptq],
+        f"sparsegpt-50+gptq-w4g{g}-sym": [
+            {"method": "sparsegpt", "sparsity": 0.5},
+            {**gptq, "preserve_zeros": True},
+        ],
     }
 
 
@@ -132,6 +151,9 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=40)
     ap.add_argument("--calib-samples", type=int, default=128)
     ap.add_argument("--calib-len", type=int, default=512)
+    ap.add_argument(
+        "--family", choices=["quant", "prune"], default="quant", help="which table of variants"
+    )
     ap.add_argument("--only", default="", help="comma-separated label prefixes (e.g. rtn,gptq)")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--peer", action="store_true", help="also run llm-compressor's GPTQ")
@@ -158,7 +180,7 @@ def main() -> None:
         Calibration(samples=args.calib_samples, seq_len=args.calib_len),
         args.data_dir,
     )
-    table = variants(args.group)
+    table = (variants if args.family == "quant" else prune_variants)(args.group)
     if args.only:
         keep = tuple(args.only.split(","))
         table = {k: v for k, v in table.items() if k.startswith(keep)}
@@ -278,6 +300,12 @@ def main() -> None:
         (f"awq-w4g{g}", f"rtn-w4g{g}-asym", 0.8),
         ("smoothquant-w8a8", "w8a8-dynamic", 0.5),
     ]
+    if args.family == "prune":  # no filed targets yet: calibrated pruning vs magnitude
+        checks = [
+            (f"{m}-{s}", f"magnitude-{s}", 1.0)
+            for s in ("50", "2:4")
+            for m in ("wanda", "sparsegpt")
+        ]
     print("\nquality targets (ppl increase over baseline, method vs its plain counterpart):")
     for a, b, bound in checks:
         ia, ib = inc(a), inc(b)

@@ -173,6 +173,14 @@ BAD = {
     "wrong_type": ({"profile": {"repeats": "many"}}, "profile.repeats"),
     "bad_bits": ({"stages": [{"method": "rtn", "bits": 5}]}, "stages.0.bits"),
     "unknown_alias": ({"model": "smollm3-135m"}, "did you mean 'smollm2-135m'"),
+    "bad_mask_structure": (
+        {"stages": [{"method": "wanda", "mask_structure": "4:2"}]},
+        "stages.0.mask_structure: '4:2' is not a mask structure",
+    ),
+    "prune_without_calibration": (
+        {"stages": [{"method": "sparsegpt"}]},
+        "stages.0 (sparsegpt) need calibration data but the recipe has no calibration block",
+    ),
 }
 
 
@@ -264,6 +272,41 @@ def test_shipped_recipes_validate():
     for recipe in sorted(Path(__file__).resolve().parents[1].glob("recipes/*.yaml")):
         res = run("validate", recipe)
         assert res.exit_code == 0, (recipe, res.output)
+
+
+def test_pruning_recipe_composes_and_reports_what_it_saved(tmp_path, tiny_model_dir, tiny_data_dir):
+    """sparsegpt then gptq (zeros kept) through `compress apply`: the report carries the
+    sparsity, says pruning alone saves nothing here, and the int4 storage really shrinks."""
+    calib = {"dataset": str(tiny_data_dir / "wikitext-2-raw" / "wiki.test.raw"), "samples": 4}
+    recipe = tiny_recipe(
+        tiny_model_dir,
+        name="tiny-prune",
+        stages=[
+            {"method": "sparsegpt", "mask_structure": "2:4"},
+            {"method": "gptq", "bits": 4, "group_size": 32, "preserve_zeros": True},
+        ],
+        calibration={**calib, "seq_len": 32},
+        gates=[{"metric": "weights.bytes", "max_ratio": 0.5}],
+    )
+    out = tmp_path / "reports"
+    args = ("--out", out, "--quick", "--data-dir", tiny_data_dir, "--no-progress")
+    res = run("apply", write(tmp_path / "p.yaml", recipe), *args)
+    assert res.exit_code == 0, res.output
+    data = json.loads(next((out / "tiny-prune").iterdir()).joinpath("report.json").read_text())
+    prune, quant = data["compressed"]["stages"]
+    assert prune["method"] == "sparsegpt" and prune["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert "saves no memory and no time" in " ".join(prune["notes"])
+    assert any(n.startswith("preserve_zeros: the 50.") for n in quant["notes"])
+    by = {c["metric"]: c for c in data["comparisons"]}
+    assert by["weights.bytes"]["ratio"] < 0.5
+    # pruning alone: no bytes saved, and the report does not pretend otherwise
+    alone = {**recipe, "name": "tiny-prune-only", "stages": recipe["stages"][:1], "gates": []}
+    res = run("apply", write(tmp_path / "q.yaml", alone), *args)
+    assert res.exit_code == 0, res.output
+    data = json.loads(next((out / "tiny-prune-only").iterdir()).joinpath("report.json").read_text())
+    by = {c["metric"]: c for c in data["comparisons"]}
+    assert by["weights.bytes"]["ratio"] == pytest.approx(1.0)
+    assert by["weights.bytes"]["verdict"] != "better"
 
 
 @pytest.mark.gpu

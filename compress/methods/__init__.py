@@ -13,9 +13,12 @@ from compress.methods.awq import AWQConfig
 from compress.methods.bnb import BnbConfig
 from compress.methods.dynamic_int8 import DynamicInt8Config
 from compress.methods.gptq import GPTQConfig
+from compress.methods.magnitude import MagnitudeConfig
 from compress.methods.onnx_int8 import OnnxInt8Config
 from compress.methods.rtn import RTNConfig
 from compress.methods.smoothquant import SmoothQuantConfig
+from compress.methods.sparsegpt import SparseGPTConfig
+from compress.methods.wanda import WandaConfig
 
 #: method name -> (config class, module holding `apply(handle, config, calibration)`)
 METHODS: dict[str, tuple[type, str]] = {
@@ -26,6 +29,9 @@ METHODS: dict[str, tuple[type, str]] = {
     "smoothquant": (SmoothQuantConfig, "compress.methods.smoothquant"),
     "bnb": (BnbConfig, "compress.methods.bnb"),
     "onnx_int8": (OnnxInt8Config, "compress.methods.onnx_int8"),
+    "magnitude": (MagnitudeConfig, "compress.methods.magnitude"),
+    "wanda": (WandaConfig, "compress.methods.wanda"),
+    "sparsegpt": (SparseGPTConfig, "compress.methods.sparsegpt"),
 }
 
 StageConfig = Annotated[
@@ -35,7 +41,10 @@ StageConfig = Annotated[
     | AWQConfig
     | SmoothQuantConfig
     | BnbConfig
-    | OnnxInt8Config,
+    | OnnxInt8Config
+    | MagnitudeConfig
+    | WandaConfig
+    | SparseGPTConfig,
     Field(discriminator="method"),
 ]
 

@@ -147,8 +147,8 @@ def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return max(lists, key=lambda nm: len(nm[1]))
 
 
-class _Stop(Exception):
-    pass
+class StopForward(Exception):
+    """Raised from a hook to end a forward once what it needs has been seen."""
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -182,12 +182,12 @@ def capture(model: nn.Module, chunks: list[torch.Tensor]):
 
     def grab(_m, args, kwargs):
         inputs.append(args[0] if args else kwargs["hidden_states"])
-        raise _Stop
+        raise StopForward
 
     h = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
     try:
         for c in chunks:
-            with contextlib.suppress(_Stop):
+            with contextlib.suppress(StopForward):
                 model(c.to(dev), use_cache=False)
     finally:
         h.remove()

@@ -15,8 +15,6 @@ dtype; the packed int4/int8 modules are swapped in after the last layer. Math in
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import time
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -26,8 +24,6 @@ from compress._config import StageBase, check_weight_grid
 
 if TYPE_CHECKING:
     from compress.handle import ModelHandle
-
-log = logging.getLogger(__name__)
 
 
 class GPTQConfig(StageBase):
@@ -46,6 +42,11 @@ class GPTQConfig(StageBase):
         description="collect each group's Hessian after the earlier groups of the layer are "
         "quantized (reference behaviour); false = one pass collects all of the layer's Hessians",
     )
+    preserve_zeros: bool = Field(
+        False,
+        description="weights that are exactly 0 (e.g. from a pruning stage) stay 0: their "
+        "errors are not spread and they quantize to code 0; needs symmetric: true",
+    )
     calibration_dtype: Literal["bfloat16", "float16", "float32"] | None = Field(
         None,
         description="dtype of the calibration forwards and of the weights GPTQ starts from; "
@@ -56,70 +57,12 @@ class GPTQConfig(StageBase):
     @model_validator(mode="after")
     def _kernel_constraints(self) -> GPTQConfig:
         check_weight_grid(self.bits, self.group_size, self.symmetric)
+        if self.preserve_zeros and not self.symmetric:
+            raise ValueError(
+                "preserve_zeros needs symmetric: true (an asymmetric grid has no exact 0, so "
+                "pruned weights would come back non-zero)"
+            )
         return self
-
-
-class _Stop(Exception):
-    """Raised from a hook to end a calibration forward once the needed inputs are seen."""
-
-
-def _groups_by_input(ctx, modules: dict) -> list[list[str]]:
-    """Targeted Linears of this layer, in the order they run, grouped by shared input tensor
-    (found on one calibration sample)."""
-    from compress.methods.calibrate import LayerContext
-
-    seen: list[tuple[str, object]] = []
-
-    def hook(name):
-        def fn(_m, inp, _out):
-            seen.append((name, inp))  # keeps the tensor alive, so identity is meaningful
-
-        return fn
-
-    probe = LayerContext(ctx.index, ctx.name, ctx.layer, [ctx.inputs[0][:1]], ctx.kwargs)
-    probe.run({n: hook(n) for n in modules})
-    groups: list[list[str]] = []
-    last = None
-    done: set[str] = set()
-    for name, inp in seen:
-        if name in done:
-            continue
-        done.add(name)
-        if groups and inp is last:
-            groups[-1].append(name)
-        else:
-            groups.append([name])
-        last = inp
-    groups += [[n] for n in modules if n not in done]  # never ran: reported as no inputs
-    return groups
-
-
-def _collect(ctx, groups: list[list[str]], stop: bool) -> dict[str, tuple]:
-    """Hessians of each group (keyed by its first Linear) over every calibration chunk.
-    With `stop`, each chunk's forward ends right after the last group's first Linear."""
-    from compress.methods.calibrate import LayerContext
-    from compress.quant.gptq import hessian_update
-
-    acc: dict[str, list] = {g[0]: [None, 0] for g in groups}
-    last = groups[-1][0]
-
-    def hook(name):
-        def fn(_m, x, _out):
-            a = acc[name]
-            a[0], a[1] = hessian_update(a[0], x, a[1])
-            if stop and name == last:
-                raise _Stop
-
-        return fn
-
-    hooks = {name: hook(name) for name in acc}
-    if not stop:
-        ctx.run(hooks)
-    else:  # one chunk per run, so a stop ends that chunk only
-        for x in ctx.inputs:
-            with contextlib.suppress(_Stop):
-                LayerContext(ctx.index, ctx.name, ctx.layer, [x], ctx.kwargs).run(hooks)
-    return {k: (v[0], v[1]) for k, v in acc.items()}
 
 
 def apply(handle: ModelHandle, cfg: GPTQConfig, calibration=None) -> dict:
@@ -127,9 +70,10 @@ def apply(handle: ModelHandle, cfg: GPTQConfig, calibration=None) -> dict:
     from torch import nn
 
     from compress.errors import StageFailed
-    from compress.methods.calibrate import decoder_layers, require_calibration, sequential
+    from compress.methods import layerwise
+    from compress.methods.calibrate import require_calibration
     from compress.methods.targets import cast_float_parts, select_linears, set_module
-    from compress.quant.gptq import gptq_quantize, output_energy
+    from compress.quant.gptq import gptq_quantize, hessian_update, output_energy
     from compress.quant.grid import QuantizedTensor, as_int4, container_notes, dequantize
     from compress.quant.modules import Int4Linear, Int8Linear, weight_only_kernel
 
@@ -141,30 +85,16 @@ def apply(handle: ModelHandle, cfg: GPTQConfig, calibration=None) -> dict:
     chosen = select_linears(
         model, cfg.targets, cfg.ignore, stage="gptq", group_size=cfg.group_size, bits=cfg.bits
     )
-    prefix, _ = decoder_layers(model)
-    outside = [n for n in chosen if not n.startswith(prefix + ".")]
-    if outside:
-        raise StageFailed(
-            f"gptq only quantizes Linears inside the decoder layers ({prefix}.N); "
-            f"{len(outside)} targeted layer(s) lie outside: {', '.join(outside[:5])}.",
-            fix="Add them to ignore and quantize them with an rtn stage (e.g. lm_head at bits 8).",
-        )
-
+    by_layer = layerwise.by_decoder_layer(model, chosen, "gptq")
+    zeros = sum(int((m.weight == 0).sum()) for m in chosen.values()) if cfg.preserve_zeros else 0
     static = cfg.act_order and cfg.group_size is not None
-    by_layer: dict[int, dict[str, nn.Linear]] = {}
-    for n, m in chosen.items():
-        idx = int(n[len(prefix) + 1 :].split(".", 1)[0])
-        by_layer.setdefault(idx, {})[n[len(prefix) + 1 :].split(".", 1)[1]] = m
     new_modules: dict[str, nn.Module] = {}
     errors: dict[str, float] = {}
 
     def quantize_group(ctx, names: list[str], H, n_rows: int) -> None:
         mods = [ctx.layer.get_submodule(s) for s in names]
         full = [f"{ctx.name}.{s}" for s in names]
-        if H is None or n_rows == 0:
-            raise StageFailed(f"gptq: layer '{full[0]}' received no calibration inputs.")
-        if not torch.isfinite(H).all():
-            raise StageFailed(f"gptq: non-finite calibration inputs into layer '{full[0]}'.")
+        layerwise.check_inputs(full[0], H, n_rows, "gptq")
         W = torch.cat([m.weight.detach().float() for m in mods])
         try:
             qt, row_err = gptq_quantize(
@@ -177,6 +107,7 @@ def apply(handle: ModelHandle, cfg: GPTQConfig, calibration=None) -> dict:
                 cfg.damp,
                 cfg.block_size,
                 static_groups=static,
+                keep_zeros=cfg.preserve_zeros,
             )
         except ValueError as e:
             raise StageFailed(f"gptq: layer '{full[0]}' failed: {e}.") from None
@@ -203,47 +134,14 @@ def apply(handle: ModelHandle, cfg: GPTQConfig, calibration=None) -> dict:
                 m.weight.copy_(deq.to(m.weight.dtype))
             r0 = r1
 
-    def on_layer(ctx):
-        mods = by_layer.get(ctx.index)
-        if not mods:
-            return {}
-        t_layer = time.perf_counter()
-        groups = _groups_by_input(ctx, mods)
-        t_collect = t_quant = 0.0
-        if cfg.true_sequential:
-            for g in groups:
-                t = time.perf_counter()
-                H, n = _collect(ctx, [g], stop=True)[g[0]]
-                t_collect += time.perf_counter() - t
-                t = time.perf_counter()
-                quantize_group(ctx, g, H, n)
-                t_quant += time.perf_counter() - t
-                del H
-        else:
-            t = time.perf_counter()
-            hs = _collect(ctx, groups, stop=False)
-            t_collect += time.perf_counter() - t
-            t = time.perf_counter()
-            for g in groups:
-                quantize_group(ctx, g, *hs.pop(g[0]))
-            t_quant += time.perf_counter() - t
-        seconds = time.perf_counter() - t_layer
-        log.debug(
-            "gptq %s: %d groups %s, %.1f s (hessians+forwards %.1f s, solves %.1f s)",
-            ctx.name,
-            len(groups),
-            [len(g) for g in groups],
-            seconds,
-            t_collect,
-            t_quant,
-        )
-        return {"layer": ctx.name, "seconds": seconds, "collect_s": t_collect, "solve_s": t_quant}
-
     cast_float_parts(model, calib_dtype)
-    records = sequential(
+    per_layer = layerwise.run(
         model,
         calibration,
-        on_layer,
+        by_layer,
+        quantize_group,
+        hessian_update,
+        true_sequential=cfg.true_sequential,
         batch_size=cfg.batch_size,
         desc=f"gptq int{cfg.bits}",
     )
@@ -266,6 +164,11 @@ def apply(handle: ModelHandle, cfg: GPTQConfig, calibration=None) -> dict:
         ),
         f"damp {cfg.damp} x mean diag(H), block size {cfg.block_size}",
     ]
+    if cfg.preserve_zeros:
+        notes.append(
+            f"preserve_zeros: the {100 * zeros / n_params:.1f}% of targeted weights that were "
+            "exactly 0 stay 0 (code 0 of the symmetric grid), so a pruning mask survives"
+        )
     if cfg.act_order:
         notes.append(
             "act_order: columns in decreasing diag(H) order"
@@ -298,5 +201,5 @@ def apply(handle: ModelHandle, cfg: GPTQConfig, calibration=None) -> dict:
         },
         "notes": notes,
         "seconds": time.perf_counter() - t0,
-        "per_layer_seconds": [round(r.get("seconds", 0.0), 2) for r in records],
+        "per_layer_seconds": per_layer,
     }

@@ -103,11 +103,12 @@ def select_linears(
     stage: str,
     group_size: int | None = None,
     bits: int | None = None,
+    divisor: tuple[str, int, str] | None = None,
 ) -> dict[str, nn.Linear]:
-    """The nn.Linear layers a weight-quantization stage will touch, checked BEFORE anything
-    changes: at least one layer, `group_size` divides every layer's input features (per
-    channel at 2-4 `bits`: some int4 container group does), and no weight is NaN/inf. A failed
-    check leaves the model exactly as it was."""
+    """The nn.Linear layers a weight stage will touch, checked BEFORE anything changes: at
+    least one layer, `group_size` (or `divisor`: field text, value, fix) divides every layer's
+    input features (per channel at 2-4 `bits`: some int4 container group does), and no weight
+    is NaN/inf. A failed check leaves the model exactly as it was."""
     import torch
 
     from compress._config import INT4_GROUP_SIZES
@@ -118,18 +119,19 @@ def select_linears(
         return f"{len(bad)} layer(s): {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}"
 
     chosen = linears(model, targets, ignore, stage=stage)
-    if group_size:
-        bad = [
-            f"{n} (in_features {m.in_features})"
-            for n, m in chosen.items()
-            if m.in_features % group_size
-        ]
+    if group_size and divisor is None:
+        divisor = (
+            f"group_size {group_size}",
+            group_size,
+            "Pick a group size that divides them (e.g. 32 or 64 for SmolLM2's 576), "
+            "or add those layers to ignore.",
+        )
+    if divisor:
+        what, d, fix = divisor
+        bad = [f"{n} (in_features {m.in_features})" for n, m in chosen.items() if m.in_features % d]
         if bad:
             raise StageFailed(
-                f"{stage}.group_size {group_size} does not divide the input features of "
-                f"{listed(bad)}.",
-                fix="Pick a group size that divides them (e.g. 32 or 64 for SmolLM2's 576), "
-                "or add those layers to ignore.",
+                f"{stage}.{what} does not divide the input features of {listed(bad)}.", fix=fix
             )
     elif bits is not None and bits <= 4:
         bad = [

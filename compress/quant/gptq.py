@@ -76,7 +76,7 @@ def output_energy(W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
     return ((W @ H.float()) * W).sum(1)
 
 
-def _chol_inverse_upper(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, float]:
+def chol_inverse_upper(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, float]:
     """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1; damping grows x10 (at most 4
     times) if H is not numerically positive definite. Returns the factor and the damp used."""
     mean_diag = float(torch.diagonal(H).mean())
@@ -95,13 +95,16 @@ def _chol_inverse_upper(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, flo
     raise ValueError(f"Hessian is not positive definite even with damping {d:g}")
 
 
-def _solve_block(Wt, Qt, U, scale, zero, i1: int, i2: int, groups, grid) -> None:
+def _solve_block(Wt, Qt, U, scale, zero, i1: int, i2: int, groups, grid, Zt=None) -> None:
     """Quantize columns i1..i2 (rows of the transposed Wt) one by one, each rounding error
-    spread over the block's later columns at once; then the lazy update of later blocks."""
+    spread over the block's later columns at once; then the lazy update of later blocks.
+    Zt (bool, like Wt): weights forced to 0 before they are quantized (no error to spread)."""
     bits, symmetric = grid
     mid, qmax = 2 ** (bits - 1), 2**bits - 1
     count = i2 - i1
     W1 = Wt[i1:i2].clone()
+    if Zt is not None:
+        W1.masked_fill_(Zt[i1:i2], 0.0)
     Err1 = torch.empty_like(W1)
     U1 = U[i1:i2, i1:i2]
     s, z = scale[:, 0], zero[:, 0]
@@ -114,11 +117,15 @@ def _solve_block(Wt, Qt, U, scale, zero, i1: int, i2: int, groups, grid) -> None
                 block = (
                     W1[i : i + group_size] if i + group_size <= count else Wt[c : c + group_size]
                 )
+                if Zt is not None:
+                    block = block.masked_fill(Zt[c : c + group_size], 0.0)
                 p = quantize(block.t(), bits, None, symmetric)
                 scale[:, g] = p.scale[:, 0]
                 zero[:, g] = p.zero[:, 0]
             s, z = scale[:, g], zero[:, g]
         w = W1[i]
+        if Zt is not None:
+            w.masked_fill_(Zt[c], 0.0)  # updates spread into a kept zero are dropped
         q = torch.clamp(torch.round((w - z) / s) + mid, 0, qmax)
         Qt[c] = q
         err = (w - ((q - mid) * s + z)) / U1[i, i]
@@ -128,7 +135,7 @@ def _solve_block(Wt, Qt, U, scale, zero, i1: int, i2: int, groups, grid) -> None
         Wt[i2:].addmm_(U[i1:i2, i2:].t(), Err1, alpha=-1.0)
 
 
-def _one_thread_when_small(fn):
+def one_thread_when_small(fn):
     """Run `fn(W, ...)` on one CPU thread when W is small (see `_ONE_THREAD_MAX`)."""
 
     @functools.wraps(fn)
@@ -140,7 +147,7 @@ def _one_thread_when_small(fn):
     return run
 
 
-@_one_thread_when_small
+@one_thread_when_small
 def gptq_quantize(
     W: torch.Tensor,
     H: torch.Tensor,
@@ -151,6 +158,7 @@ def gptq_quantize(
     damp: float = 0.01,
     block_size: int = 128,
     static_groups: bool | None = None,
+    keep_zeros: bool = False,
 ) -> tuple[QuantizedTensor, torch.Tensor]:
     """Quantize W [out, in] against the input Hessian H [in, in] (see `hessian_update`).
 
@@ -169,6 +177,9 @@ def gptq_quantize(
       weights in the original column order before any update, so storage stays a plain grouped
       grid with no column permutation (g_idx) for the kernels to follow.
     - static_groups without act_order is also allowed (same rule, natural column order).
+    - keep_zeros (symmetric grids only): weights exactly 0 in W (a pruning mask) stay 0 - code
+      `mid`, no error spread from them, updates spread into them dropped - so sparsity
+      survives quantization.
     """
     if not 2 <= bits <= 8:
         raise ValueError(f"bits must be in 2..8, got {bits}")
@@ -181,6 +192,8 @@ def gptq_quantize(
         static_groups = act_order and group_size is not None
     if act_order and group_size is not None and not static_groups:
         raise ValueError("act_order with groups needs static_groups (a plain grouped grid)")
+    if keep_zeros and not symmetric:
+        raise ValueError("keep_zeros needs a symmetric grid (an asymmetric one has no exact 0)")
     dev = W.device
     H0 = H.to(dev, torch.float32)
     W0 = W.detach().to(torch.float32)
@@ -203,7 +216,7 @@ def gptq_quantize(
         W, H = W[:, perm], H[perm][:, perm]
     else:
         perm = None
-    U, _ = _chol_inverse_upper(H, damp)
+    U, _ = chol_inverse_upper(H, damp)
     del H
 
     # groups must not start mid-block in a way that straddles into the next block
@@ -212,13 +225,14 @@ def gptq_quantize(
         bs = math.ceil(bs / group_size) * group_size
     Wt = W.t().contiguous()  # [cols, rows]: a column of W is a contiguous row here
     Qt = torch.empty_like(Wt)
+    Zt = (W == 0).t().contiguous() if keep_zeros else None
     col_group = torch.arange(cols, device=dev) // group_size if group_size is not None else None
     if perm is not None and col_group is not None:
         col_group = col_group[perm]
     groups = (col_group.tolist(), group_size, static_groups) if col_group is not None else None
     grid = (bits, symmetric)
     for i1 in range(0, cols, bs):
-        _solve_block(Wt, Qt, U, scale, zero, i1, min(i1 + bs, cols), groups, grid)
+        _solve_block(Wt, Qt, U, scale, zero, i1, min(i1 + bs, cols), groups, grid, Zt)
 
     Q = Qt.t()
     if perm is not None:

@@ -134,7 +134,7 @@ def test_int8_per_channel(reference):
 
 
 def test_true_sequential_groups_and_debug_timing(caplog):
-    with caplog.at_level(logging.DEBUG, logger="compress.methods.gptq"):
+    with caplog.at_level(logging.DEBUG, logger="compress.methods.layerwise"):
         gptq.apply(tiny_handle(), GPTQConfig(bits=4, group_size=32), tiny_calibration(4, 32))
     lines = [r.getMessage() for r in caplog.records if "groups" in r.getMessage()]
     assert len(lines) == 2 and "4 groups [3, 1, 2, 1]" in lines[0]  # qkv, o, gate/up, down

@@ -143,3 +143,22 @@ def test_output_energy():
     torch.testing.assert_close(
         output_energy(W, H), ((X @ W.t()) ** 2).sum(0) * 2 / n, rtol=1e-3, atol=1e-6
     )
+
+
+@pytest.mark.parametrize(("group_size", "act_order"), [(16, False), (16, True), (None, False)])
+def test_keep_zeros_keeps_a_pruning_mask(group_size, act_order):
+    from compress.prune.sparsegpt import sparsegpt_prune
+
+    W, X = _data(0)
+    H, _ = hessian_update(None, X, 0)
+    Wp, mask, _ = sparsegpt_prune(W, H, 0.5)
+    qt, err = gptq_quantize(Wp, H, 4, group_size, True, act_order, keep_zeros=True)
+    deq = dequantize(qt)
+    assert (deq[mask] == 0).all()  # every pruned weight is exactly 0 (a small kept one may
+    assert float((deq == 0).float().mean()) < 0.6  # also round to 0, but few do)
+    assert torch.isfinite(err).all()
+    # without keep_zeros the error spread refills the pruned weights
+    loose, _ = gptq_quantize(Wp, H, 4, group_size, True, act_order)
+    assert float((dequantize(loose) == 0).float().mean()) < 0.4
+    with pytest.raises(ValueError, match="symmetric"):
+        gptq_quantize(Wp, H, 4, group_size, False, act_order, keep_zeros=True)

@@ -1,0 +1,30 @@
+"""`magnitude`: prune the smallest |w| of each row (unstructured or N:M). No calibration data:
+the baseline that Wanda and SparseGPT must beat."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Literal
+
+from compress.methods.pruning import PruneBase
+
+if TYPE_CHECKING:
+    from compress.handle import ModelHandle
+
+
+class MagnitudeConfig(PruneBase):
+    method: Literal["magnitude"] = "magnitude"
+
+
+def apply(handle: ModelHandle, cfg: MagnitudeConfig, calibration=None) -> dict:
+    import torch
+
+    from compress.methods.pruning import prunable, record
+    from compress.prune.masks import prune_mask, wanda_scores
+
+    t0 = time.perf_counter()
+    chosen = prunable(handle, cfg, "magnitude")
+    with torch.no_grad():
+        for lin in chosen.values():
+            lin.weight.masked_fill_(prune_mask(wanda_scores(lin.weight), cfg.sparsity, cfg.nm), 0)
+    return record("magnitude", cfg, chosen, handle.device, time.perf_counter() - t0)

@@ -1,0 +1,91 @@
+"""`sparsegpt`: prune with second-order weight updates (Frantar & Alistarh 2023).
+
+Hessians H = 2/n sum x^T x are accumulated per group of Linears that share an input, through
+the shared sequential loop (methods/calibrate.py) and per-group statistics
+(methods/layerwise.py), exactly as for GPTQ; the solve (prune/sparsegpt.py) chooses the mask
+by OBS saliency and updates the remaining weights to compensate. Outputs are recomputed with
+the pruned weights before the next layer.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from pydantic import Field
+
+from compress.methods.pruning import PruneBase
+
+if TYPE_CHECKING:
+    from compress.handle import ModelHandle
+
+
+class SparseGPTConfig(PruneBase):
+    needs_calibration: ClassVar[bool] = True
+    method: Literal["sparsegpt"] = "sparsegpt"
+    damp: float = Field(0.01, gt=0, le=1, description="fraction of mean diag(H) added")
+    block_size: int = Field(128, ge=1)
+    batch_size: int = Field(8, ge=1, description="calibration samples per forward")
+    true_sequential: bool = True
+
+
+def apply(handle: ModelHandle, cfg: SparseGPTConfig, calibration=None) -> dict:
+    import torch
+
+    from compress.errors import StageFailed
+    from compress.methods import layerwise
+    from compress.methods.calibrate import require_calibration
+    from compress.methods.pruning import prunable, record
+    from compress.prune.sparsegpt import sparsegpt_prune
+    from compress.quant.gptq import hessian_update, output_energy
+
+    t0 = time.perf_counter()
+    require_calibration(calibration, "sparsegpt", "layer inputs to build its Hessians")
+    model = handle.model
+    chosen = prunable(handle, cfg, "sparsegpt")
+    by_layer = layerwise.by_decoder_layer(model, chosen, "sparsegpt")
+    errors: dict[str, float] = {}
+
+    def prune_group(ctx, names, H, n_rows):
+        mods = [ctx.layer.get_submodule(s) for s in names]
+        full = [f"{ctx.name}.{s}" for s in names]
+        layerwise.check_inputs(full[0], H, n_rows, "sparsegpt")
+        for m, name in zip(mods, full, strict=True):  # one solve per Linear, as the reference:
+            W = m.weight.detach().float()  # each meets its sparsity on its own
+            try:
+                W_new, _, row_err = sparsegpt_prune(
+                    W, H, cfg.sparsity, cfg.nm, cfg.block_size, cfg.damp
+                )
+            except ValueError as e:
+                raise StageFailed(f"sparsegpt: layer '{name}' failed: {e}.") from None
+            if not torch.isfinite(W_new).all():
+                raise StageFailed(f"sparsegpt: layer '{name}' has non-finite weights.")
+            errors[name] = float(row_err.sum() / output_energy(W, H).sum().clamp(min=1e-30))
+            with torch.no_grad():
+                m.weight.copy_(W_new.to(m.weight.dtype))
+
+    per_layer = layerwise.run(
+        model,
+        calibration,
+        by_layer,
+        prune_group,
+        hessian_update,
+        true_sequential=cfg.true_sequential,
+        batch_size=cfg.batch_size,
+        desc=f"sparsegpt {cfg.describe()}",
+    )
+    errs = sorted(errors.values())
+    return record(
+        "sparsegpt",
+        cfg,
+        chosen,
+        handle.device,
+        time.perf_counter() - t0,
+        output_error={
+            "what": "relative layer output error ||X(W - W_p)^T||^2 / ||X W^T||^2 on calibration",
+            "median": errs[len(errs) // 2],
+            "max": errs[-1],
+            "worst_layer": max(errors, key=errors.get),
+        },
+        per_layer_seconds=per_layer,
+    )

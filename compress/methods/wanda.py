@@ -1,0 +1,68 @@
+"""`wanda`: prune by |W_ij| * ||X_j||_2 (Sun et al. 2023), compared within each output row.
+
+Through the shared sequential loop (methods/calibrate.py) and per-group statistics
+(methods/layerwise.py): each Linear's input feature norms are collected on the layer's real
+inputs, the layer is pruned, and its outputs are recomputed pruned for the next layer. One
+pass per layer by default, as the reference; `true_sequential` collects each group's norms
+after the earlier groups of the layer are pruned. No weight update: masks only.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from pydantic import Field
+
+from compress.methods.pruning import PruneBase
+
+if TYPE_CHECKING:
+    from compress.handle import ModelHandle
+
+
+class WandaConfig(PruneBase):
+    needs_calibration: ClassVar[bool] = True
+    method: Literal["wanda"] = "wanda"
+    batch_size: int = Field(8, ge=1, description="calibration samples per forward")
+    true_sequential: bool = False
+
+
+def apply(handle: ModelHandle, cfg: WandaConfig, calibration=None) -> dict:
+    import torch
+
+    from compress.methods import layerwise
+    from compress.methods.calibrate import require_calibration
+    from compress.methods.pruning import prunable, record
+    from compress.prune.masks import prune_mask, wanda_scores
+
+    t0 = time.perf_counter()
+    require_calibration(calibration, "wanda", "input feature norms to score the weights")
+    model = handle.model
+    chosen = prunable(handle, cfg, "wanda")
+    by_layer = layerwise.by_decoder_layer(model, chosen, "wanda")
+
+    def prune_group(ctx, names, sq, n_rows):
+        layerwise.check_inputs(f"{ctx.name}.{names[0]}", sq, n_rows, "wanda")
+        with torch.no_grad():
+            for sub in names:
+                w = ctx.layer.get_submodule(sub).weight
+                w.masked_fill_(prune_mask(wanda_scores(w, sq), cfg.sparsity, cfg.nm), 0)
+
+    per_layer = layerwise.run(
+        model,
+        calibration,
+        by_layer,
+        prune_group,
+        layerwise.square_sum_update,
+        true_sequential=cfg.true_sequential,
+        batch_size=cfg.batch_size,
+        desc=f"wanda {cfg.describe()}",
+    )
+    return record(
+        "wanda",
+        cfg,
+        chosen,
+        handle.device,
+        time.perf_counter() - t0,
+        per_layer_seconds=per_layer,
+    )

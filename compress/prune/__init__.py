@@ -1,0 +1,1 @@
+"""Pruning as pure tensor functions: masks (magnitude, Wanda) and the SparseGPT solve."""
