@@ -98,3 +98,34 @@ def test_method_on_cuda(reference, tmp_path, name, stages, cls, max_ratio, max_k
     save_compressed(h, tmp_path / "m")
     back = load_compressed(tmp_path / "m", device=DEVICE)
     assert torch.allclose(_logits(back.model), _logits(h.model), atol=1e-3, rtol=1e-3), name
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_pruning_then_gptq_on_cuda(method):
+    """Calibrated pruning runs on the GPU (2:4), and gptq with preserve_zeros keeps the mask
+    in int4 storage on the GPU."""
+    from torch import nn
+
+    from compress.methods import get_apply
+    from compress.methods.gptq import GPTQConfig
+    from compress.methods.sparsegpt import SparseGPTConfig
+    from compress.methods.wanda import WandaConfig
+
+    h = _cuda_handle()
+    cfg = (WandaConfig if method == "wanda" else SparseGPTConfig)(mask_structure="2:4")
+    info = get_apply(method)(h, cfg, tiny_calibration())
+    assert info["sparsity"] == pytest.approx(0.5, abs=0.01)
+    masks = {
+        n: (m.weight == 0)
+        for n, m in h.model.named_modules()
+        if isinstance(m, nn.Linear) and n.startswith("model.layers.")
+    }
+    assert all(m.device.type == DEVICE for m in masks.values())
+    get_apply("gptq")(h, GPTQConfig(bits=4, group_size=32, preserve_zeros=True), tiny_calibration())
+    for n, mask in masks.items():
+        mod = h.model.get_submodule(n)
+        assert type(mod).__name__ == "Int4Linear"
+        with torch.no_grad():  # the kernel's effective weight: W^T = module(I)
+            eye = torch.eye(mod.in_features, dtype=torch.bfloat16, device=DEVICE)
+            w = mod(eye).float().t()
+        assert (w[mask] == 0).all(), n
