@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -254,7 +255,10 @@ def sequential(
     model.eval()
     inputs, kwargs = capture(model, chunks)
     records = []
-    bar = tqdm(list(enumerate(layers)), desc=desc, unit="layer", disable=not progress)
+    # TQDM_DISABLE=1 (what the CLI's --no-progress sets) silences this bar too; read here, at
+    # call time (tqdm reads it once at import)
+    off = not progress or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
+    bar = tqdm(list(enumerate(layers)), desc=desc, unit="layer", disable=off)
     dev = _device_of(model)
     for i, layer in bar:
         ctx = LayerContext(i, f"{prefix}.{i}", layer, inputs, kwargs[i] or {})

@@ -7,11 +7,20 @@ from compress.methods import get_apply
 from compress.methods.awq import AWQConfig
 from compress.methods.gptq import GPTQConfig
 from compress.methods.smoothquant import SmoothQuantConfig
-from compress.testing import snapshot, tiny_handle, unchanged
+from compress.methods.sparsegpt import SparseGPTConfig
+from compress.methods.wanda import WandaConfig
+from compress.testing import snapshot, tiny_calibration, tiny_handle, unchanged
 
 
 @pytest.mark.parametrize(
-    "cfg", [GPTQConfig(group_size=32), AWQConfig(group_size=32), SmoothQuantConfig()]
+    "cfg",
+    [
+        GPTQConfig(group_size=32),
+        AWQConfig(group_size=32),
+        SmoothQuantConfig(),
+        WandaConfig(),
+        SparseGPTConfig(),
+    ],
 )
 def test_calibrated_stage_without_data_names_itself_and_changes_nothing(cfg):
     h = tiny_handle()
@@ -20,3 +29,18 @@ def test_calibrated_stage_without_data_names_itself_and_changes_nothing(cfg):
         get_apply(cfg.method)(h, cfg, None)
     assert "calibration:" in e.value.fix
     assert unchanged(h.model, before)
+
+
+@pytest.mark.parametrize(("env", "progress", "shown"), [(None, True, True), ("1", True, False)])
+def test_layer_bar_follows_tqdm_disable(monkeypatch, capsys, env, progress, shown):
+    """The CLI's --no-progress sets TQDM_DISABLE=1: the per-layer calibration bar obeys it."""
+    from compress.methods.calibrate import sequential
+
+    if env is None:
+        monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    else:
+        monkeypatch.setenv("TQDM_DISABLE", env)
+    sequential(tiny_handle().model, tiny_calibration(2, 8), lambda ctx: None, progress=progress)
+    assert ("layer" in capsys.readouterr().err) is shown
+    sequential(tiny_handle().model, tiny_calibration(2, 8), lambda ctx: None, progress=False)
+    assert capsys.readouterr().err == ""
