@@ -303,7 +303,10 @@ def test_pruning_recipe_composes_and_reports_what_it_saved(tmp_path, tiny_model_
     alone = {**recipe, "name": "tiny-prune-only", "stages": recipe["stages"][:1], "gates": []}
     res = run("apply", write(tmp_path / "q.yaml", alone), *args)
     assert res.exit_code == 0, res.output
-    data = json.loads(next((out / "tiny-prune-only").iterdir()).joinpath("report.json").read_text())
+    run_dir = next((out / "tiny-prune-only").iterdir())
+    data = json.loads(run_dir.joinpath("report.json").read_text())
+    md = run_dir.joinpath("report.md").read_text()
+    assert "this stage alone saves no memory" in md and "kernel `" not in md
     by = {c["metric"]: c for c in data["comparisons"]}
     assert by["weights.bytes"]["ratio"] == pytest.approx(1.0)
     assert by["weights.bytes"]["verdict"] != "better"

@@ -77,9 +77,10 @@ def render(r: Report) -> str:
     src = r.baseline.model
     out += [f"- Model: `{src.get('spec')}`. {src.get('note') or ''}".rstrip()]
     for s in r.compressed.stages:
+        kernel = f"; kernel `{s['kernel']}`" if s.get("kernel") else ""  # pruning: none new
         out.append(
-            f"- Stage `{s.get('method')}`: {s.get('summary', '')}; kernel "
-            f"`{s.get('kernel', '?')}`; {s.get('seconds', 0):.1f} s"
+            f"- Stage `{s.get('method')}`: {s.get('summary', '')}{kernel}; "
+            f"{s.get('seconds', 0):.1f} s"
         )
         out += [f"  - {n}" for n in s.get("notes", [])]
     out.append(
