@@ -1,0 +1,32 @@
+"""The committed example runs (linked from README.md) are real reports of the current schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((REPO / "reports" / "examples").glob("*/*/report.json"))
+
+
+def test_readme_links_every_example():
+    readme = (REPO / "README.md").read_text()
+    assert EXAMPLES
+    for path in EXAMPLES:
+        assert str(path.parent.relative_to(REPO) / "report.md") in readme, path
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.parent.parent.name)
+def test_example_validates_and_rerenders(path):
+    import jsonschema
+
+    from compress.report.markdown import render
+    from compress.report.schema import Report, report_json_schema
+
+    data = json.loads(path.read_text())
+    jsonschema.validate(data, report_json_schema())
+    report = Report.model_validate(data)
+    assert report.exit_code == 0 and report.cost.saving_per_quality_loss_ci95
+    assert render(report) == (path.parent / "report.md").read_text()
