@@ -116,8 +116,12 @@ def record(
     ]
     if cfg.nm is not None:
         notes.append(
-            f"every row keeps {cfg.nm[0]} of each {cfg.nm[1]} consecutive inputs "
-            "(the pattern NVIDIA sparse tensor cores accelerate; not used here)"
+            f"every row keeps {cfg.nm[0]} of each {cfg.nm[1]} consecutive inputs"
+            + (
+                " (the pattern NVIDIA sparse tensor cores accelerate; not used here)"
+                if cfg.nm == (2, 4)
+                else ""
+            )
         )
     dtype = cfg.compute_dtype
     if dtype:

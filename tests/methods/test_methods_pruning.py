@@ -95,6 +95,7 @@ def test_two_four_pattern(name):
         nz = (lin.weight != 0).reshape(lin.out_features, -1, 4).sum(-1)
         assert (nz <= 2).all() and float((nz == 2).float().mean()) > 0.99
     assert info["target_sparsity"] == 0.5 and "2:4" in info["summary"]
+    assert "sparse tensor cores" in " ".join(info["notes"])
 
 
 def test_sparsegpt_then_gptq_keeps_the_zeros_in_int4(reference):
