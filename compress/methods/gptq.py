@@ -181,8 +181,6 @@ def apply(handle: ModelHandle, cfg: GPTQConfig, calibration=None) -> dict:
         )
     notes += container_notes(cfg.bits, cfg.group_size)
     notes.append(f"float parts of the model now compute in {cfg.compute_dtype}")
-    errs = sorted(errors.values())
-    worst = max(errors, key=errors.get)
     return {
         "method": "gptq",
         "summary": f"gptq int{cfg.bits} {grid}, {layout}"
@@ -193,12 +191,9 @@ def apply(handle: ModelHandle, cfg: GPTQConfig, calibration=None) -> dict:
         "kernel": weight_only_kernel(cfg.bits, handle.device, dtype),
         "compute_dtype": cfg.compute_dtype,
         "static_groups": static,
-        "output_error": {
-            "what": "relative layer output error ||X(W - W_q)^T||^2 / ||X W^T||^2 on calibration",
-            "median": errs[len(errs) // 2],
-            "max": errs[-1],
-            "worst_layer": worst,
-        },
+        "output_error": layerwise.error_summary(
+            errors, "relative layer output error ||X(W - W_q)^T||^2 / ||X W^T||^2 on calibration"
+        ),
         "notes": notes,
         "seconds": time.perf_counter() - t0,
         "per_layer_seconds": per_layer,

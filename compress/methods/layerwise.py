@@ -193,6 +193,17 @@ def run(
     return [round(r.get("seconds", 0.0), 2) for r in records]
 
 
+def error_summary(errors: dict[str, float], what: str) -> dict[str, Any]:
+    """Median, max and worst layer of the per-layer relative output errors a solve measured."""
+    errs = sorted(errors.values())
+    return {
+        "what": what,
+        "median": errs[len(errs) // 2],
+        "max": errs[-1],
+        "worst_layer": max(errors, key=errors.get),
+    }
+
+
 def check_inputs(name: str, stat, n_rows: int, stage: str) -> None:
     """A group's statistic must have seen rows, all finite."""
     if stat is None or n_rows == 0:

@@ -97,6 +97,30 @@ def prunable(handle: ModelHandle, cfg: PruneBase, stage: str) -> dict[str, nn.Li
     return chosen
 
 
+def calibrated(
+    handle: ModelHandle, cfg, calibration, stage: str, why: str, solve, update
+) -> tuple[dict[str, nn.Linear], list[float]]:
+    """A calibrated pruner's whole walk, in order: the calibration guard and the target
+    pre-flight (before anything changes), then `solve` per group of every decoder layer on
+    the `update` statistic (methods/layerwise.py). Returns (targeted Linears, s per layer)."""
+    from compress.methods import layerwise
+    from compress.methods.calibrate import require_calibration
+
+    require_calibration(calibration, stage, why)
+    chosen = prunable(handle, cfg, stage)
+    per_layer = layerwise.run(
+        handle.model,
+        calibration,
+        layerwise.by_decoder_layer(handle.model, chosen, stage),
+        solve,
+        update,
+        true_sequential=cfg.true_sequential,
+        batch_size=cfg.batch_size,
+        desc=f"{stage} {cfg.describe()}",
+    )
+    return chosen, per_layer
+
+
 def record(
     method: str,
     cfg: PruneBase,

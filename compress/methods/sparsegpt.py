@@ -34,16 +34,11 @@ def apply(handle: ModelHandle, cfg: SparseGPTConfig, calibration=None) -> dict:
 
     from compress.errors import StageFailed
     from compress.methods import layerwise
-    from compress.methods.calibrate import require_calibration
-    from compress.methods.pruning import prunable, record
+    from compress.methods.pruning import calibrated, record
     from compress.prune.sparsegpt import sparsegpt_prune
     from compress.quant.gptq import hessian_update, output_energy
 
     t0 = time.perf_counter()
-    require_calibration(calibration, "sparsegpt", "layer inputs to build its Hessians")
-    model = handle.model
-    chosen = prunable(handle, cfg, "sparsegpt")
-    by_layer = layerwise.by_decoder_layer(model, chosen, "sparsegpt")
     errors: dict[str, float] = {}
 
     def prune_group(ctx, names, H, n_rows):
@@ -64,28 +59,23 @@ def apply(handle: ModelHandle, cfg: SparseGPTConfig, calibration=None) -> dict:
             with torch.no_grad():
                 m.weight.copy_(W_new.to(m.weight.dtype))
 
-    per_layer = layerwise.run(
-        model,
+    chosen, per_layer = calibrated(
+        handle,
+        cfg,
         calibration,
-        by_layer,
+        "sparsegpt",
+        "layer inputs to build its Hessians",
         prune_group,
         hessian_update,
-        true_sequential=cfg.true_sequential,
-        batch_size=cfg.batch_size,
-        desc=f"sparsegpt {cfg.describe()}",
     )
-    errs = sorted(errors.values())
     return record(
         "sparsegpt",
         cfg,
         chosen,
         handle.device,
         time.perf_counter() - t0,
-        output_error={
-            "what": "relative layer output error ||X(W - W_p)^T||^2 / ||X W^T||^2 on calibration",
-            "median": errs[len(errs) // 2],
-            "max": errs[-1],
-            "worst_layer": max(errors, key=errors.get),
-        },
+        output_error=layerwise.error_summary(
+            errors, "relative layer output error ||X(W - W_p)^T||^2 / ||X W^T||^2 on calibration"
+        ),
         per_layer_seconds=per_layer,
     )

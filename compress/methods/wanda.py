@@ -31,15 +31,10 @@ def apply(handle: ModelHandle, cfg: WandaConfig, calibration=None) -> dict:
     import torch
 
     from compress.methods import layerwise
-    from compress.methods.calibrate import require_calibration
-    from compress.methods.pruning import prunable, record
+    from compress.methods.pruning import calibrated, record
     from compress.prune.masks import prune_mask, wanda_scores
 
     t0 = time.perf_counter()
-    require_calibration(calibration, "wanda", "input feature norms to score the weights")
-    model = handle.model
-    chosen = prunable(handle, cfg, "wanda")
-    by_layer = layerwise.by_decoder_layer(model, chosen, "wanda")
 
     def prune_group(ctx, names, sq, n_rows):
         layerwise.check_inputs(f"{ctx.name}.{names[0]}", sq, n_rows, "wanda")
@@ -48,15 +43,14 @@ def apply(handle: ModelHandle, cfg: WandaConfig, calibration=None) -> dict:
                 w = ctx.layer.get_submodule(sub).weight
                 w.masked_fill_(prune_mask(wanda_scores(w, sq), cfg.sparsity, cfg.nm), 0)
 
-    per_layer = layerwise.run(
-        model,
+    chosen, per_layer = calibrated(
+        handle,
+        cfg,
         calibration,
-        by_layer,
+        "wanda",
+        "input feature norms to score the weights",
         prune_group,
         layerwise.square_sum_update,
-        true_sequential=cfg.true_sequential,
-        batch_size=cfg.batch_size,
-        desc=f"wanda {cfg.describe()}",
     )
     return record(
         "wanda",

@@ -71,8 +71,3 @@ def wanda_scores(W: torch.Tensor, input_sq_norm: torch.Tensor | None = None) -> 
     if input_sq_norm is None:
         return s
     return s * input_sq_norm.float().clamp(min=0).sqrt()[None, :]
-
-
-def sparsity_of(W: torch.Tensor) -> float:
-    """Fraction of exact zeros."""
-    return float((W == 0).sum()) / max(1, W.numel())

@@ -8,7 +8,6 @@ import torch
 from compress.prune.masks import (
     parse_structure,
     prune_mask,
-    sparsity_of,
     structure_sparsity,
     wanda_scores,
 )
@@ -55,7 +54,3 @@ def test_wanda_scores_weigh_columns_by_input_norm():
     assert torch.allclose(s, torch.tensor([[2.0, 0.5], [1.0, 1.0]]))
     # an input that is large makes even a small weight important
     assert prune_mask(s, 0.5, None)[0].tolist() == [False, True]
-
-
-def test_sparsity_of():
-    assert sparsity_of(torch.tensor([0.0, 1.0, 0.0, 2.0])) == 0.5
