@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -13,13 +16,21 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from compress.errors import EXIT_BAD_INPUT, BadInput, CompressError
+from compress.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    BadInput,
+    CompressError,
+    Interrupted,
+    exit_code_for,
+    signal_name,
+)
 
-EXIT_INTERNAL = 4
 app = typer.Typer(
     help="Compress open-weight models, check their quality, measure their cost, gate releases.\n\n"
-    "Exit codes: 0 ok / all gates pass, 1 a gate failed, 2 bad input, 3 inconclusive, "
-    "4 internal error.",
+    "Exit codes: 0 ok / all gates pass, 1 a gate failed or the model outputs NaN/inf, "
+    "2 bad input, 3 inconclusive, 4 internal error (the stage is named), "
+    "130 / 143 interrupted by SIGINT / SIGTERM.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -49,6 +60,13 @@ def _fail(e: BaseException) -> None:
         if _state["debug"]:
             err.print_exception()
         raise typer.Exit(e.exit_code)
+    if isinstance(e, KeyboardInterrupt):
+        err.print(
+            f"[bold red]interrupted[/] by {signal_name(e)}; the run folder (if one was "
+            "created) holds failure.json.",
+            highlight=False,
+        )
+        raise typer.Exit(exit_code_for(e))
     if _state["debug"]:
         raise e
     err.print(
@@ -57,6 +75,29 @@ def _fail(e: BaseException) -> None:
         highlight=False,
     )
     raise typer.Exit(EXIT_INTERNAL)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM (a CI cancel) raises `Interrupted` in the main thread,
+    which takes the Ctrl-C path: failure.json is written, child processes are killed, exit
+    143. The first SIGTERM does that; the previous handler is back for a second one and
+    after the block."""
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def _raise(signum: int, frame: object) -> None:
+            signal.signal(signal.SIGTERM, previous)
+            raise Interrupted(signum)
+
+        signal.signal(signal.SIGTERM, _raise)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _read_recipe(path: Path):
@@ -84,20 +125,21 @@ def apply(
         r, text = _read_recipe(recipe)
         from compress.pipeline import apply as run_apply
 
-        report, run_dir = run_apply(
-            r,
-            recipe_text=text,
-            out_root=out_dir,
-            device=device,
-            quick=quick,
-            data_dir=str(data_dir) if data_dir else None,
-            progress=progress,
-            argv=sys.argv,
-        )
+        with _sigterm_as_interrupt():
+            report, run_dir = run_apply(
+                r,
+                recipe_text=text,
+                out_root=out_dir,
+                device=device,
+                quick=quick,
+                data_dir=str(data_dir) if data_dir else None,
+                progress=progress,
+                argv=sys.argv,
+            )
     except BaseException as e:  # noqa: BLE001 - every failure becomes a clear message + code
-        if isinstance(e, typer.Exit | KeyboardInterrupt):
+        if isinstance(e, typer.Exit):
             raise
-        _fail(e)
+        _fail(e)  # Ctrl-C -> 130, SIGTERM -> 143, after failure.json was written
     _print_summary(report)
     out.print(
         f"\nreport: [bold]{run_dir / 'report.md'}[/]  (json: {run_dir / 'report.json'}, "
@@ -244,14 +286,15 @@ def gate(
     """Re-check a saved report against gates; exit 0 pass, 1 fail, 3 inconclusive, 2 bad input."""
     try:
         from compress.gate import check, exit_code
-        from compress.recipe import Recipe, parse_gates
+        from compress.recipe import parse_gates, parse_recipe
 
-        rep, _ = _load_report(report_json)
+        rep, where = _load_report(report_json)
         gate_list = (
             parse_gates(gates)
             if gates
-            else Recipe.model_validate(
-                {k: v for k, v in rep.recipe.items() if not k.startswith("_")}
+            else parse_recipe(
+                {k: v for k, v in rep.recipe.items() if not k.startswith("_")},
+                source=f"{where} (its recipe)",
             ).gates
         )
         results = check(gate_list, rep.comparisons, rep.compressed)

@@ -42,6 +42,7 @@ __all__ = [
     "load",
     "pull",
     "resolve",
+    "spec_problem",
 ]
 
 logger = logging.getLogger(__name__)
@@ -161,6 +162,26 @@ def resolve(spec: str, *, cache_dir: Path | None = None, pull: bool = True) -> M
             fix=f"Check the path, or use a packaged alias ({', '.join(ALIASES)}).",
         )
     raise _unknown_alias(spec)
+
+
+def spec_problem(spec: str) -> str | None:
+    """Why `spec` cannot name a model, or None. Pure Python (no torch, no network, no pull):
+    `compress validate` uses it. Accepted: a packaged alias, an existing folder, an existing
+    .gguf file, or a hub id `owner/name`."""
+    spec = str(spec).strip()
+    if spec in ALIASES:
+        return None
+    path = Path(spec).expanduser()
+    if path.is_dir() or (path.is_file() and path.suffix.lower() == ".gguf"):
+        return None
+    if path.exists():
+        return f"'{spec}' exists but is neither a folder nor a .gguf file"
+    if _HUB_ID.match(spec) and not spec.startswith("."):
+        return None
+    return (
+        f"'{spec}' is neither a packaged alias ({', '.join(ALIASES)}), an existing folder or "
+        f".gguf file, nor a Hugging Face hub id 'owner/name'{did_you_mean(spec, ALIASES)}"
+    )
 
 
 # ----------------------------------------------------------------------------------- load

@@ -12,9 +12,10 @@ import traceback
 from pathlib import Path
 
 from compress import __version__, stats
+from compress.checks import check_finite_output
 from compress.data import WIKITEXT2_DEFINITION, token_windows, wikitext2_test
 from compress.environment import DEFINITIONS, environment, resolve_device
-from compress.errors import CompressError, StageFailed
+from compress.errors import EXIT_INTERNAL, failure_fields, stage_errors
 from compress.handle import ModelHandle
 from compress.recipe import Recipe
 from compress.report.io import atomic_write_text, new_run_dir, utc_stamp
@@ -66,10 +67,9 @@ def apply(
             data_dir or recipe.eval.data_dir,
         )
     except BaseException as e:
-        run.update(
-            status="failed", wall_s=time.perf_counter() - t0, error=f"{type(e).__name__}: {e}"
-        )
-        if not isinstance(e, CompressError | KeyboardInterrupt):
+        # error text, exit code, stage (and signal, if interrupted): see errors.failure_fields
+        run.update(status="failed", wall_s=time.perf_counter() - t0, **failure_fields(e))
+        if run["exit_code"] == EXIT_INTERNAL:
             run["traceback"] = traceback.format_exc()
         atomic_write_text(
             run_dir / "failure.json",
@@ -87,13 +87,13 @@ def _run(
     import torch
 
     from compress import models
-    from compress.cost import cost_measurement, summarize
+    from compress.cost import cost_measurements, summarize
     from compress.evaluate.perplexity import evaluate_perplexity
     from compress.gate import check, exit_code
     from compress.methods import get_apply, needs_calibration
     from compress.methods.calibrate import load_calibration
-    from compress.profile import profile_in_subprocess
     from compress.profile.memory import dir_bytes, weight_bytes
+    from compress.profile.paired import Arm, profile_paired
     from compress.quant.serialize import save_compressed
     from compress.report.compare import compare
     from compress.report.markdown import render
@@ -135,17 +135,13 @@ def _run(
         data.append(calib.provenance)
     for i, stage in enumerate(recipe.stages):
         log.info("stage %d: %s", i, stage.method)
-        try:
+        name = f"compress: stages.{i} ({stage.method})"
+        with stage_errors(name):  # a crash: exit 4 naming the stage; BadInput stays 2
             record = get_apply(stage.method)(comp, stage, calib)
-        except CompressError:
-            raise
-        except Exception as e:
-            raise StageFailed(
-                f"stages.{i} ({stage.method}) failed: {type(e).__name__}: {e}",
-                fix="Run with --debug for the traceback.",
-            ) from e
+            check_finite_output(comp, stage=name)  # NaN/inf output: exit 1 naming the stage
         comp.stages.append(dict(record, config=stage.model_dump(mode="json")))
     model_dir = save_compressed(comp, run_dir / "model")
+    policy = _kernel_policy(comp, recipe.profile, device)
 
     base_ms: list[dict] = [
         _exact(
@@ -186,16 +182,18 @@ def _run(
 
     contexts: dict[str, dict] = {}
     if recipe.profile.enabled:
-        for label, spec, dtype, ms in (
-            ("baseline", recipe.model, "float32", base_ms),
-            ("compressed", str(model_dir), comp.dtype, comp_ms),
-        ):
-            log.info("profiling %s in a fresh process", label)
-            prof = profile_in_subprocess(
-                spec, recipe.profile, quick=quick, dtype=dtype, device=device
+        arms = [
+            Arm("baseline", recipe.model, "float32"),
+            Arm("compressed", str(model_dir), comp.dtype, policy),
+        ]
+        with stage_errors("profile"):
+            prof = profile_paired(
+                arms, recipe.profile, quick=quick, device=device, seed=recipe.seed
             )
-            ms += [m for m in prof["measurements"] if m["name"] != "weights.bytes"]
-            contexts[label] = prof.get("context", {})
+        for label, ms in (("baseline", base_ms), ("compressed", comp_ms)):
+            ms += [m for m in prof["measurements"][label] if m["name"] != "weights.bytes"]
+            contexts[label] = dict(prof["context"][label], timing_protocol=prof["protocol"])
+        paired.update(prof["paired"]["compressed"])
     src_bytes = base.source.file_bytes
     base_ms.append(
         _exact(
@@ -234,7 +232,7 @@ def _run(
         context=contexts.get("compressed", {}),
     )
     for rec in (baseline, compressed):
-        rec.measurements.append(cost_measurement(rec, recipe.cost))
+        rec.measurements += cost_measurements(rec, recipe.cost)
     comparisons = compare(baseline, compressed, paired)
     gates = check(recipe.gates, comparisons, compressed)
     code = exit_code(gates)
@@ -252,14 +250,54 @@ def _run(
         baseline=baseline,
         compressed=compressed,
         comparisons=comparisons,
-        cost=summarize(comparisons, recipe.cost),
+        cost=summarize(comparisons, recipe.cost, basis=_cost_basis(comp, comp_runtime, policy)),
         gates=gates,
         exit_code=code,
-        notes=_notes(base, comparisons, quick, data, comp.stages),
+        notes=_notes(base, comparisons, quick, data, comp.stages)
+        + _policy_notes(policy, contexts.get("compressed", {})),
     )
     atomic_write_text(run_dir / "report.json", report.model_dump_json(indent=2))
     atomic_write_text(run_dir / "report.md", render(report))
     return report
+
+
+def _kernel_policy(comp: ModelHandle, profile, device: str) -> dict | None:
+    """Time the compressed model's execution paths on this host (torch runtime only)."""
+    if comp.runtime != "torch":
+        return None
+    from compress.profile.kernels import choose_policy
+
+    with stage_errors("kernel choice"):
+        policy = choose_policy(
+            comp.model,
+            prompt_tokens=profile.prompt_tokens,
+            batch_sizes=profile.batch_sizes,
+            device=device,
+        )
+    return policy
+
+
+def _cost_basis(comp: ModelHandle, runtime: str | None, policy: dict | None) -> dict:
+    import torch
+
+    dtype = (policy or {}).get("float_dtype") or comp.dtype
+    return {
+        "batch": 1,
+        "runtime": runtime or f"torch {torch.__version__} eager",
+        "dtype": f"float32 baseline vs {dtype} compressed",
+    }
+
+
+def _policy_notes(policy: dict | None, context: dict) -> list[str]:
+    from compress.profile.kernels import describe
+
+    if not policy:
+        return []
+    return [
+        f"Execution paths chosen on this host ({context.get('device_name', 'this device')}) by "
+        f"timing the whole model before evaluation and profiling: {describe(policy)}. Every "
+        "timing is in the report's compressed.context.kernel_policy."
+    ]
 
 
 def _exact(name: str, value, unit: str, method: str) -> dict:

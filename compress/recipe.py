@@ -18,26 +18,11 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from compress._config import Strict
 from compress.errors import BadInput, did_you_mean
 from compress.methods import StageConfig, method_names
+from compress.metrics import KNOWN_METRICS as KNOWN_METRICS  # re-exported
+from compress.metrics import Metric as Metric
+from compress.metrics import direction_problem, metric_info
 
 SCHEMA_VERSION = 1
-
-#: Metric names a gate may name: "<group>.<measure>". Kept next to the recipe so validation
-#: needs no torch; the evaluators and profiler write exactly these names.
-KNOWN_METRICS: dict[str, str] = {
-    "wikitext2.perplexity": "WikiText-2 test perplexity (lower is better)",
-    "wikitext2.nll": "mean token negative log-likelihood, nats (lower is better)",
-    "kld.mean": "mean KL(baseline || compressed) per token, nats (lower is better)",
-    "kld.top1_agreement": "share of tokens whose argmax matches the baseline (higher is better)",
-    "decode.tokens_per_s": "decode throughput at batch 1 (higher is better)",
-    "prefill.latency_ms": "prefill latency for the profile prompt (lower is better)",
-    "prefill.tokens_per_s": "prefill throughput (higher is better)",
-    "memory.peak_rss_bytes": "peak process memory while generating, CPU (lower is better)",
-    "memory.peak_allocated_bytes": "peak torch.cuda allocated memory (lower is better)",
-    "weights.bytes": "bytes of weights as held in memory (lower is better)",
-    "disk.artifact_bytes": "size of the model files on disk (lower is better)",
-    "energy.joules_per_token": "decode energy per generated token (lower is better)",
-    "cost.usd_per_million_tokens": "serving cost per 1M decoded tokens (lower is better)",
-}
 
 
 class Calibration(Strict):
@@ -74,14 +59,25 @@ class EvalConfig(Strict):
 
 
 class ProfileConfig(Strict):
-    """Latency / memory / energy measurement. Defaults fit a 2-core machine."""
+    """Latency / memory / energy measurement, paired and interleaved: every model is timed in
+    `pairs` rounds of fresh processes (baseline, variant, then reversed), one sample per
+    process. Defaults fit a 2-core machine."""
 
-    batch_sizes: list[Annotated[int, Field(ge=1)]] = [1]
-    prompt_tokens: int = Field(128, ge=1)
+    batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(
+        [1, 8], min_length=1, description="decode batch sizes; metrics get '@bsN' for N > 1"
+    )
+    prompt_tokens: int = Field(128, ge=1, description="prompt before decoding (and a prefill)")
+    prefill_lengths: list[Annotated[int, Field(ge=1)]] = Field(
+        [512], description="other prompt lengths timed as prefill alone; metrics get '@pN'"
+    )
     new_tokens: int = Field(32, ge=2)
-    warmup: int = Field(1, ge=0)
-    repeats: int = Field(5, ge=2, description="timed runs after warm-up (need 2 for an interval)")
-    quick_repeats: int = Field(3, ge=2)
+    warmup: int = Field(1, ge=0, description="untimed repeats in each process")
+    repeats: int = Field(3, ge=1, description="timed repeats in each process (its medians)")
+    quick_repeats: int = Field(2, ge=1)
+    pairs: int = Field(
+        5, ge=2, description="rounds of fresh processes (one per model each): the n of a ratio"
+    )
+    quick_pairs: int = Field(3, ge=2, description="rounds under --quick")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; default all cores")
     power_watts: float | None = Field(
         None,
@@ -112,11 +108,7 @@ class Gate(Strict):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, v: str) -> str:
-        if v not in KNOWN_METRICS:
-            raise ValueError(
-                f"unknown metric '{v}'{did_you_mean(v, KNOWN_METRICS)}; "
-                f"expected one of: {', '.join(KNOWN_METRICS)}"
-            )
+        metric_info(v)  # raises ValueError naming what was expected
         return v
 
     @model_validator(mode="after")
@@ -127,6 +119,9 @@ class Gate(Strict):
                 f"a gate needs exactly one threshold out of {', '.join(THRESHOLDS)}; got "
                 f"{', '.join(set_) or 'none'}"
             )
+        problem = direction_problem(self.kind, self.metric, metric_info(self.metric))
+        if problem:
+            raise ValueError(problem)
         return self
 
     @property
@@ -216,7 +211,23 @@ def load_recipe(path: str | Path) -> Recipe:
         ) from None
     except UnicodeDecodeError:
         raise BadInput(f"Recipe '{p}' is not UTF-8 text.", fix="Save it as UTF-8 YAML.") from None
-    return parse_recipe(data, source=str(p))
+    recipe = parse_recipe(data, source=str(p))
+    check_model_field(recipe, source=str(p))
+    return recipe
+
+
+def check_model_field(recipe: Recipe, *, source: str = "recipe") -> None:
+    """Refuse a `model:` that is neither a packaged alias, an existing folder or .gguf file,
+    nor a hub id `owner/name` (paths are relative to the working directory). No torch."""
+    from compress.models import spec_problem
+
+    problem = spec_problem(recipe.model)
+    if problem:
+        raise BadInput(
+            f"Recipe '{source}' has 1 problem:\n  - model: {problem}",
+            fix="Name a packaged alias (`compress models` lists them), a local model folder, "
+            "a .gguf file or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct.",
+        )
 
 
 def parse_recipe(data: Any, *, source: str = "recipe") -> Recipe:

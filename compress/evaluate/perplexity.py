@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from compress import stats
+from compress.errors import BadInput, ReleaseFailed
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +91,14 @@ def evaluate_many(
     base_nll: list[float] = []
     per: dict[str, dict[str, list[float]]] = {k: {} for k in variants}
     secs = dict.fromkeys(["baseline", *variants], 0.0)
-    for ids in tqdm(windows, desc=f"{name} windows", unit="win", disable=not progress):
+    for j, ids in enumerate(
+        tqdm(windows, desc=f"{name} windows", unit="win", disable=not progress)
+    ):
         ids = ids.to(device)
         t0 = time.perf_counter()
         lb = _window_logits(baseline, ids)
         secs["baseline"] += time.perf_counter() - t0
-        base_nll.append(float(F.cross_entropy(lb, ids[1:])))
+        base_nll.append(_finite_baseline(float(F.cross_entropy(lb, ids[1:])), name, j))
         for label, model in variants.items():
             t0 = time.perf_counter()
             lc = _window_logits(model, ids)
@@ -106,7 +109,11 @@ def evaluate_many(
                 scores.pop("top1", None)
             for k, v in scores.items():
                 if not math.isfinite(v):
-                    raise FloatingPointError(f"{name}: non-finite {k} for {label} in a window")
+                    raise ReleaseFailed(
+                        f"{name}: the {label} model gives a non-finite {k} ({v}) on window "
+                        f"{j}: its outputs hold NaN/inf, so it cannot be released.",
+                        stage=f"evaluate: {label}",
+                    )
                 per[label].setdefault(k, []).append(v)
             del lc
         del lb
@@ -127,6 +134,18 @@ def evaluate_many(
         "tokens_scored": tokens,
         "seconds": secs,
     }
+
+
+def _finite_baseline(nll: float, name: str, window: int) -> float:
+    if not math.isfinite(nll):
+        raise BadInput(
+            f"{name}: the baseline model gives a non-finite NLL ({nll}) on window {window}: "
+            "the model named by `model:` outputs NaN/inf before any compression, so there is "
+            "nothing to compare against.",
+            fix="Check the model's weight files.",
+            stage="evaluate: baseline",
+        )
+    return nll
 
 
 def _divergence_measurements(pw: dict[str, list[float]], tokens: int) -> list[dict]:

@@ -11,6 +11,10 @@ Order of preference:
 4. Otherwise status "unavailable", joules None (never 0), with a reason naming each source
    that was tried and why it failed.
 
+A measured energy must be positive: a counter that did not move during the window (0 J, or a
+delta that is not positive) gives "unavailable" with the reason NO_MOVEMENT, never a measured
+0 J (counters that update slower than the window, or stopped counters, look like this).
+
 The NVML module and the RAPL root are injectable so tests need neither a GPU nor root.
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
 import threading
 import time
@@ -29,6 +34,7 @@ log = logging.getLogger(__name__)
 
 RAPL_ROOT = Path("/sys/class/powercap")
 _PACKAGE = re.compile(r"^intel-rapl:\d+$")  # package domains; intel-rapl:0:0 etc. are subzones
+NO_MOVEMENT = "the energy counter did not move during the measured window"
 
 
 @dataclass
@@ -230,6 +236,11 @@ class EnergyMeter:
                 )
                 return
             wall = getattr(self._backend, "span_s", None) or wall  # energy and time: one span
+            if not (joules is not None and math.isfinite(joules) and joules > 0):
+                self.result = EnergyResult(
+                    None, "unavailable", self._no_movement(joules), self.source, wall
+                )
+                return
             self.result = EnergyResult(joules, "measured", self._measured_note(), self.source, wall)
         elif self.source == "stated-power":
             assert self.power_watts is not None
@@ -243,6 +254,17 @@ class EnergyMeter:
             )
         else:
             self.result = EnergyResult(None, "unavailable", ", ".join(self._tried), "none", wall)
+
+    def _no_movement(self, joules: float | None) -> str:
+        what = {
+            "nvml": "NVML total-energy counter",
+            "nvml-power": "NVML power integral",
+            "rapl": "RAPL package counters",
+        }.get(self.source, self.source)
+        return (
+            f"{NO_MOVEMENT} ({what}: {joules!r} J); a counter that does not advance is not a "
+            "measurement of 0 J"
+        )
 
     def _measured_note(self) -> str | None:
         if self.source == "rapl":

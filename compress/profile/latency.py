@@ -173,8 +173,8 @@ def profile_generation(
     steps = new_tokens - 1
 
     prefill_ms: list[float] = []
-    decode_tps: list[float] = []
-    step_median_ms: list[float] = []
+    step_ms_all: list[list[float]] = []
+    e2e_s: list[float] = []
     peak_a: list[float] = []
     peak_b: list[float] = []
     energy_jpt: list[float] = []
@@ -202,9 +202,8 @@ def profile_generation(
                 if greedy is None:
                     greedy = r["ids"]
                 prefill_ms.append(r["prefill_ms"])
-                decode_s = sum(r["step_ms"]) / 1000.0
-                decode_tps.append(batch_size * steps / decode_s)
-                step_median_ms.append(median(r["step_ms"]))
+                step_ms_all.append(r["step_ms"])
+                e2e_s.append((r["prefill_ms"] + sum(r["step_ms"])) / 1000.0)
                 if track_memory:
                     if cuda:
                         peak_a.append(mem.peak_allocated)
@@ -221,71 +220,126 @@ def profile_generation(
             model.train()
 
     clock = "CUDA events" if cuda else "time.perf_counter"
-    shape = f"batch {batch_size}, {prompt_tokens}-token prompt"
-    ms = [
-        measurement(
-            f"prefill.latency_ms{sfx}",
-            prefill_ms,
-            "ms",
-            False,
-            f"one forward pass over a fixed {shape} with use_cache=True, timed with {clock}",
-        ),
-        measurement(
-            f"prefill.tokens_per_s{sfx}",
-            [batch_size * prompt_tokens / (t / 1000.0) for t in prefill_ms],
-            "tokens/s",
-            True,
-            f"batch x prompt tokens / prefill latency ({shape}, {clock})",
-        ),
-        measurement(
-            f"decode.tokens_per_s{sfx}",
-            decode_tps,
-            "tokens/s",
-            True,
-            f"greedy decode with KV cache after a {prompt_tokens}-token prompt: batch x "
-            f"{steps} one-token steps / summed step time per repeat ({clock})",
-        ),
-        measurement(
-            f"decode.latency_ms_per_token{sfx}",
-            step_median_ms,
-            "ms",
-            False,
-            f"median of the {steps} one-token decode step times per repeat, batch {batch_size} "
-            f"({clock})",
-        ),
-    ]
-    if track_memory and cuda:
-        ms.append(
-            measurement(
-                f"memory.peak_allocated_bytes{sfx}",
-                peak_a,
-                "bytes",
-                False,
-                "torch.cuda.max_memory_allocated over one timed prefill + decode repeat",
-            )
-        )
-        ms.append(
-            measurement(
-                f"memory.peak_reserved_bytes{sfx}",
-                peak_b,
-                "bytes",
-                False,
-                "torch.cuda.max_memory_reserved over one timed prefill + decode repeat",
-            )
-        )
-    elif track_memory:
-        ms.append(
-            measurement(
-                f"memory.peak_rss_bytes{sfx}",
-                peak_a,
-                "bytes",
-                False,
-                "peak process RSS sampled every 5 ms during one timed prefill + decode repeat",
-            )
-        )
+    raw = {
+        "prefill_ms": prefill_ms,
+        "step_ms": step_ms_all,
+        "e2e_s": e2e_s,
+        "peak_a": peak_a,
+        "peak_b": peak_b,
+    }
+    ms = process_measurements(
+        raw, batch_size=batch_size, prompt_tokens=prompt_tokens, new_tokens=new_tokens, clock=clock
+    )
+    if track_memory:
+        ms += _memory_measurements(sfx, cuda, peak_a, peak_b)
     if energy_meter is not None:
         ms.append(_energy_measurement(sfx, energy_jpt, energy_results, steps, batch_size))
-    return {"measurements": ms, "greedy_ids": greedy or []}
+    return {"measurements": ms, "greedy_ids": greedy or [], "raw": raw}
+
+
+def quantile(xs: list[float], q: float) -> float:
+    """Linear-interpolated quantile (numpy's default), q in [0, 1]."""
+    import numpy as np
+
+    return float(np.quantile(np.asarray(xs, dtype=float), q))
+
+
+def process_measurements(
+    raw: dict[str, list], *, batch_size: int, prompt_tokens: int, new_tokens: int, clock: str
+) -> list[dict[str, Any]]:
+    """One value per metric for THIS process (one sample of the paired protocol, see
+    `compress.profile.paired`): medians over the timed repeats / decode steps after warm-up."""
+    sfx = suffix(batch_size)
+    shape = f"batch {batch_size}, {prompt_tokens}-token prompt"
+    steps = [t for rep in raw["step_ms"] for t in rep]
+    pre = median(raw["prefill_ms"])
+    step50 = median(steps)
+    per = f"in this process ({len(raw['prefill_ms'])} timed repeats after warm-up, {clock})"
+    per_steps = f"over {len(steps)} decode steps {per}"
+    one = _single
+    return [
+        one(
+            f"prefill.latency_ms{sfx}", pre, "ms", False, f"median prefill forward, {shape}, {per}"
+        ),
+        one(
+            f"prefill.tokens_per_s{sfx}",
+            batch_size * prompt_tokens / (pre / 1000.0),
+            "tokens/s",
+            True,
+            f"batch x prompt tokens / median prefill latency ({shape}) {per}",
+        ),
+        one(
+            f"decode.tokens_per_s{sfx}",
+            batch_size * 1000.0 / step50,
+            "tokens/s",
+            True,
+            f"batch / median one-token decode step with KV cache after a {prompt_tokens}-token "
+            f"prompt, batch {batch_size}, {per_steps}",
+        ),
+        one(
+            f"decode.latency_ms_per_token{sfx}",
+            step50,
+            "ms",
+            False,
+            f"p50 of the one-token decode step time, batch {batch_size}, {per_steps}",
+        ),
+        one(
+            f"decode.latency_ms_p90{sfx}",
+            quantile(steps, 0.9),
+            "ms",
+            False,
+            f"p90 of the decode step time, batch {batch_size}, {per_steps}",
+        ),
+        one(
+            f"decode.latency_ms_p99{sfx}",
+            quantile(steps, 0.99),
+            "ms",
+            False,
+            f"p99 of the decode step time, batch {batch_size}, {per_steps}",
+        ),
+        one(
+            f"e2e.tokens_per_s{sfx}",
+            median([batch_size * new_tokens / s for s in raw["e2e_s"]]),
+            "tokens/s",
+            True,
+            f"a batch of {batch_size} request(s): {new_tokens} generated tokens each / wall time "
+            f"of prefill + decode, median {per}",
+        ),
+    ]
+
+
+def _single(name: str, value: float, unit: str, hib: bool, method: str) -> dict[str, Any]:
+    return measurement(name, [value], unit, hib, method)
+
+
+def _memory_measurements(sfx: str, cuda: bool, peak_a: list, peak_b: list) -> list[dict]:
+    if cuda:
+        return [
+            _single(
+                f"memory.peak_allocated_bytes{sfx}",
+                max(peak_a),
+                "bytes",
+                False,
+                "torch.cuda.max_memory_allocated over the timed repeats in this process",
+            ),
+            _single(
+                f"memory.peak_reserved_bytes{sfx}",
+                max(peak_b),
+                "bytes",
+                False,
+                "torch.cuda.max_memory_reserved over the timed repeats in this process",
+            ),
+        ]
+    return [
+        _single(
+            f"memory.peak_rss_bytes{sfx}",
+            max(peak_a),
+            "bytes",
+            False,
+            "peak process RSS (sampled every 5 ms and the kernel's VmHWM, reset after loading) "
+            "during the timed repeats in this process",
+        )
+    ]
 
 
 def _energy_measurement(
@@ -300,12 +354,60 @@ def _energy_measurement(
         "measured": "energy read around each timed decode loop",
         "estimated": "stated power x decode wall time",
     }.get(first.status, "energy")
-    return measurement(
+    m = measurement(
         name,
-        jpt,
+        [median(jpt)],
         "J/token",
         False,
-        f"{how} ({first.source}) / (batch {batch_size} x {steps} decode tokens)",
+        f"{how} ({first.source}) / (batch {batch_size} x {steps} decode tokens), median over "
+        f"{len(jpt)} timed repeats in this process",
         status=first.status,
         reason=first.reason,
     )
+    return m
+
+
+def profile_prefill(
+    model: Any,
+    tokenizer: Any,
+    *,
+    prompt_tokens: int,
+    warmup: int,
+    repeats: int,
+    device: str,
+) -> list[dict[str, Any]]:
+    """Prefill alone at batch 1 for another prompt length: `prefill.*@p<N>` for this process."""
+    import torch
+
+    cuda = torch.device(device).type == "cuda"
+    ids = torch.tensor([build_prompt(tokenizer, prompt_tokens)], dtype=torch.long, device=device)
+    extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    timer = _Timer(cuda)
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            if i < warmup:
+                model(input_ids=ids, use_cache=True, **extra)
+                continue
+            with timer.region():
+                model(input_ids=ids, use_cache=True, **extra)
+    times = timer.collect()
+    pre = median(times)
+    clock = "CUDA events" if cuda else "time.perf_counter"
+    per = f"median of {len(times)} timed forwards after {warmup} warm-up in this process ({clock})"
+    sfx = f"@p{prompt_tokens}"
+    return [
+        _single(
+            f"prefill.latency_ms{sfx}",
+            pre,
+            "ms",
+            False,
+            f"prefill forward, batch 1, {prompt_tokens}-token prompt, {per}",
+        ),
+        _single(
+            f"prefill.tokens_per_s{sfx}",
+            prompt_tokens / (pre / 1000.0),
+            "tokens/s",
+            True,
+            f"prompt tokens / prefill latency, batch 1, {prompt_tokens}-token prompt, {per}",
+        ),
+    ]

@@ -13,8 +13,8 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from compress.profile.energy import EnergyMeter
-from compress.profile.latency import profile_generation, suffix
-from compress.profile.memory import current_rss, weight_bytes
+from compress.profile.latency import profile_generation, profile_prefill, suffix
+from compress.profile.memory import current_rss, release_freed_memory, weight_bytes
 from compress.stats import exact, measurement, unavailable
 
 if TYPE_CHECKING:
@@ -28,7 +28,16 @@ GENERATION_METRICS = (
     ("prefill.tokens_per_s", "tokens/s", True),
     ("decode.tokens_per_s", "tokens/s", True),
     ("decode.latency_ms_per_token", "ms", False),
+    ("decode.latency_ms_p90", "ms", False),
+    ("decode.latency_ms_p99", "ms", False),
+    ("e2e.tokens_per_s", "tokens/s", True),
 )
+
+
+def _extra_prefill_lengths(cfg: Any) -> list[int]:
+    """Prompt lengths timed as prefill alone (besides `prompt_tokens`)."""
+    lengths = getattr(cfg, "prefill_lengths", None) or []
+    return sorted({int(n) for n in lengths if int(n) != cfg.prompt_tokens})
 
 
 def device_name(device: str) -> str:
@@ -68,6 +77,7 @@ def profile_model(
     """
     import torch
 
+    release_freed_memory()
     rss_after_load = current_rss()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -84,7 +94,8 @@ def profile_model(
             [rss_after_load],
             "bytes",
             False,
-            "process RSS when profiling starts, right after the model was loaded",
+            "process RSS when profiling starts, right after the model was loaded and memory "
+            "freed while loading was handed back to the OS (malloc_trim)",
         ),
         exact(
             "weights.bytes",
@@ -95,11 +106,18 @@ def profile_model(
         ),
     ]
     greedy: dict[str, list[int]] = {}
+    step_ms: dict[str, list[float]] = {}
     meter: EnergyMeter | None = None
     if architecture != "causal_lm":
         why = f"generation profiling needs a causal LM; this model is an {architecture}"
         for bs in batch_sizes:
             ms += [unavailable(n + suffix(bs), u, hib, why) for n, u, hib in GENERATION_METRICS]
+        for n_tokens in _extra_prefill_lengths(cfg):
+            ms += [
+                unavailable(n + f"@p{n_tokens}", u, hib, why)
+                for n, u, hib in GENERATION_METRICS
+                if n.startswith("prefill.")
+            ]
         ms.append(unavailable("energy.joules_per_token", "J/token", False, why))
     else:
         meter = EnergyMeter(device, power_watts=power_watts)
@@ -123,6 +141,16 @@ def profile_model(
                 )
                 ms += res["measurements"]
                 greedy[str(bs)] = res["greedy_ids"]
+                step_ms[str(bs)] = [t for rep in res["raw"]["step_ms"] for t in rep]
+            for n_tokens in _extra_prefill_lengths(cfg):
+                ms += profile_prefill(
+                    model,
+                    handle.tokenizer,
+                    prompt_tokens=n_tokens,
+                    warmup=cfg.warmup,
+                    repeats=repeats,
+                    device=device,
+                )
         finally:
             meter.close()
         if 1 not in batch_sizes:
@@ -155,6 +183,8 @@ def profile_model(
         "quick": quick,
         "energy_source": meter.source if meter is not None else "none",
         "greedy_ids": greedy,
+        "decode_step_ms": step_ms,
+        "prefill_lengths": _extra_prefill_lengths(cfg),
     }
     return {"measurements": ms, "context": context}
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from compress.errors import CompressError, StageFailed
+from compress.errors import CompressError, StageFailed, from_worker_error
 
 if TYPE_CHECKING:
     from compress.recipe import ProfileConfig
@@ -72,15 +72,18 @@ def profile_in_subprocess(
     dtype: str,
     device: str,
     timeout_s: float | None = None,
+    kernel_policy: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Load `model_spec` and profile it in a fresh process; returns what `profile_model`
-    returns, with `context.load_seconds` added. Raises `StageFailed` if the worker fails."""
+    returns, with `context.load_seconds` added. Raises `StageFailed` (exit 4) if the worker
+    crashes, the worker's own `CompressError` (e.g. `BadInput`, exit 2) if it refused."""
     request = {
         "spec": model_spec,
         "dtype": dtype,
         "device": device,
         "quick": quick,
         "profile": _config_dict(cfg),
+        "kernel_policy": kernel_policy,
     }
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
@@ -113,6 +116,7 @@ def profile_in_subprocess(
             f"Profiling '{model_spec}' did not finish within {timeout_s:g} s; the worker was "
             f"stopped.{_tail_text(tail)}",
             fix="Lower profile.repeats / new_tokens / batch_sizes or raise the time limit.",
+            stage="profile",
         ) from None
     except BaseException:  # e.g. Ctrl-C in the parent: do not leave the worker running
         proc.kill()
@@ -132,9 +136,11 @@ def profile_in_subprocess(
     what = f"{err.get('type')}: {err.get('message')}" if err else f"exit code {proc.returncode}"
     # a user-fixable error carries its own message and fix; anything else gets the stderr tail
     detail = "" if err.get("user_error") else _tail_text(tail)
-    raise StageFailed(
+    # a BadInput in the worker stays exit 2; a crash is StageFailed (exit 4)
+    raise from_worker_error(
+        err,
         f"Profiling '{model_spec}' failed in the worker process ({what}).{detail}",
-        fix=err.get("fix") or None,
+        stage="profile",
     )
 
 
@@ -163,9 +169,15 @@ def _work(request: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     handle = load(request["spec"], dtype=request["dtype"], device=request["device"])
     load_seconds = time.perf_counter() - t0
+    policy = request.get("kernel_policy")
+    if policy:
+        from compress.profile.kernels import apply_policy
+
+        apply_policy(handle.model, policy)
     log.debug("loaded '%s' in %.1f s", request["spec"], load_seconds)
     result = profile_model(handle, cfg, quick=bool(request["quick"]), progress=True)
     result["context"]["load_seconds"] = load_seconds
+    result["context"]["kernel_policy"] = policy
     result["context"]["spec"] = request["spec"]
     source = getattr(handle, "source", None)
     if source is not None and hasattr(source, "describe"):

@@ -1,10 +1,13 @@
 """Modules that hold quantized weights for real (int8 / packed int4 buffers) and run them with
 the matmul kernels PyTorch ships, so memory and latency savings are measured, not simulated.
 
-Kernels (measured on the 2-core CPU this was built on, SmolLM2 shapes, batch 1, bf16 inputs):
-`aten._weight_int8pack_mm` ~3x faster than an fp32 linear (16x on the 49152x576 lm_head);
-`aten._weight_int4pack_mm_for_cpu` ~2x. Both want bf16 activations on CPU (fp32 inputs run
-6-15x slower), so quantized layers compute in `compute_dtype` and cast back.
+Which kernel is fastest depends on the host AND on the number of rows: on one 2-core Xeon
+`aten._weight_int8pack_mm` is faster than an fp32 linear for one row and 2x slower for 128, on
+an EPYC it was faster for both. So Int8Linear has several execution paths over the same int8
+storage (`PATHS`: the int8 kernel with bf16 activations, or the codes dequantized per call and
+an fp32 / bf16 GEMM), one for small calls (decode) and one for large ones (prefill, eval);
+`compress.profile.kernels` times them on the host and sets them (`set_paths`). Int4Linear keeps
+the kernel's own packed layout, which only `aten._weight_int4pack_mm(_for_cpu)` reads.
 On CUDA the int4 path uses the tinygemm kernel `aten._weight_int4pack_mm` (as torchao does).
 """
 
@@ -78,15 +81,35 @@ def _flat(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]).to(dtype)
 
 
+DEQUANT_DTYPES = {"dequant_float32": torch.float32, "dequant_bfloat16": torch.bfloat16}
+
+#: rows (batch x tokens) up to which a layer takes its small-rows (decode) path
+DEFAULT_ROWS_THRESHOLD = 16
+
+
+def set_paths(
+    module: nn.Module, small: str, large: str, rows_threshold: int = DEFAULT_ROWS_THRESHOLD
+) -> None:
+    """Which execution path a quantized module takes for calls of at most `rows_threshold`
+    rows (decode) and for larger ones (prefill, evaluation). Paths are listed in `PATHS`."""
+    for p in (small, large):
+        if p not in module.PATHS:
+            raise ValueError(f"{module.kind}: unknown path {p!r}; expected one of {module.PATHS}")
+    module.path_small, module.path_large, module.rows_threshold = small, large, rows_threshold
+
+
 class Int8Linear(nn.Module):
     """Weight-only int8, symmetric, one scale per output channel."""
 
     kind = "int8_linear"
+    #: execution paths that compute the same product from the same int8 storage
+    PATHS = ("int8pack", "dequant_float32", "dequant_bfloat16")
 
     def __init__(self, in_features: int, out_features: int, bias: bool, compute_dtype, device=None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.compute_dtype = compute_dtype
+        set_paths(self, "int8pack", "int8pack")
         self.register_buffer(
             "qweight", torch.empty(out_features, in_features, dtype=torch.int8, device=device)
         )
@@ -115,13 +138,18 @@ class Int8Linear(nn.Module):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = _flat(x, self.compute_dtype)
-        if has_int8_weight_kernel(x2.device, self.compute_dtype):
-            y = torch._weight_int8pack_mm(x2, self.qweight, self.scale)
-        else:  # no int8 weight-only kernel on this device: dequantize per call (reported)
-            y = F.linear(x2, self.qweight.to(self.compute_dtype) * self.scale[:, None])
+        rows = x.numel() // x.shape[-1]
+        path = self.path_small if rows <= self.rows_threshold else self.path_large
+        if path == "int8pack" and not has_int8_weight_kernel(x.device, self.compute_dtype):
+            path = f"dequant_{str(self.compute_dtype).removeprefix('torch.')}"  # reported
+        if path == "int8pack":
+            y = torch._weight_int8pack_mm(_flat(x, self.compute_dtype), self.qweight, self.scale)
+        else:  # dequantize the int8 codes for this call and run a float GEMM in `dt`
+            dt = DEQUANT_DTYPES[path]
+            w = self.qweight.to(dt) * self.scale.to(dt)[:, None]
+            y = F.linear(_flat(x, dt), w)
         if self.bias is not None:
-            y = y + self.bias
+            y = y + self.bias.to(y.dtype)
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def spec(self) -> dict:
@@ -156,9 +184,12 @@ class Int4Linear(nn.Module):
     """
 
     kind = "int4_linear"
+    #: the packed layout is the kernel's own: no other path reads it without a second copy
+    PATHS = ("int4pack",)
 
     def __init__(self, in_features, out_features, bias, group_size, compute_dtype, device=None):
         super().__init__()
+        set_paths(self, "int4pack", "int4pack")
         if group_size not in INT4_GROUP_SIZES or in_features % group_size:
             raise ValueError(
                 f"int4 kernels need group_size in {INT4_GROUP_SIZES} dividing in_features "

@@ -57,6 +57,75 @@ def comparison_table(r: Report) -> list[str]:
     return lines
 
 
+COLUMNS_NOTE = (
+    "Baseline and compressed columns are the statistic each comparison uses (its `method` in "
+    "report.json): geometric means for speed, memory, energy and cost (ratio = exp(mean log "
+    "ratio), so compressed / baseline = ratio and throughput and latency ratios are "
+    "reciprocal); exp(mean window NLL) for perplexity; means for NLL; counted values for "
+    "bytes. Intervals are 95% [lo, hi]."
+)
+
+
+def _num(x: float) -> str:
+    """A rate for reading: 3 significant digits below 100, whole numbers above, no exponent."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:+.2f}%" if abs(x) < 0.001 else f"{100 * x:+.1f}%"
+
+
+def _pct_iv(iv: list[float] | None) -> str:
+    return f" [{_pct(iv[0])}, {_pct(iv[1])}]" if iv else " (no interval)"
+
+
+def cost_section(r: Report) -> list[str]:
+    c = r.cost
+    assert c is not None
+    out = [
+        "",
+        "## Cost",
+        "",
+        f"- Price basis: {c.usd_per_device_hour} USD/h for {c.device_name}; {c.basis}.",
+        f"- USD per 1M decoded tokens: baseline {fmt(c.baseline_usd_per_million_tokens, '')}"
+        f", compressed {fmt(c.compressed_usd_per_million_tokens, '')}.",
+    ]
+    if c.cost_saving_fraction is not None:
+        out.append(
+            f"- Cost saving{'' if c.batch_size is None else f' at batch {c.batch_size}'}: "
+            f"{_pct(c.cost_saving_fraction)}{_pct_iv(c.cost_saving_ci95)} (95% CI)."
+        )
+    for b in c.by_batch:
+        if b.batch_size != c.batch_size and b.cost_saving_fraction is not None:
+            out.append(
+                f"- Cost saving at batch {b.batch_size}: {_pct(b.cost_saving_fraction)}"
+                f"{_pct_iv(b.cost_saving_ci95)} (95% CI); USD per 1M tokens "
+                f"{fmt(b.baseline_usd_per_million_tokens, '')} -> "
+                f"{fmt(b.compressed_usd_per_million_tokens, '')}."
+            )
+    if c.quality_loss_fraction is not None:
+        out.append(
+            f"- Perplexity increase: {_pct(c.quality_loss_fraction)}"
+            f"{_pct_iv(c.quality_loss_ci95)} (95% CI)."
+        )
+    if c.saving_per_quality_loss is not None:
+        rng = c.saving_per_quality_loss_ci95
+        level = c.saving_per_quality_loss_level
+        out.append(
+            f"- Exchange rate: {_num(c.saving_per_quality_loss)} percentage points of cost saved "
+            "per 1% perplexity increase"
+            + (
+                f" (joint 95% range [{_num(rng[0])}, {_num(rng[1])}]: the four corners of the "
+                f"saving and loss intervals, each at {level:.1%})."
+                if rng and level
+                else f" (range [{_num(rng[0])}, {_num(rng[1])}])."
+                if rng
+                else " (no bounded range)."
+            )
+        )
+    return out
+
+
 def _measurement_rows(ms: list[Measurement], label: str) -> list[str]:
     rows = []
     for m in ms:
@@ -65,6 +134,29 @@ def _measurement_rows(ms: list[Measurement], label: str) -> list[str]:
         unit = "" if m.unit in ("bytes", "fraction") else f" {m.unit}"
         rows.append(f"| {label} | {m.name} | {val}{unit} | {m.n} | {m.status} | {note} |")
     return rows
+
+
+def gates_section(r: Report) -> list[str]:
+    out = [
+        "",
+        "## Gates",
+        "",
+        "| metric | rule | threshold | observed [95% CI] | status |",
+        "|---|---|---|---|---|",
+    ]
+    for g in r.gates:
+        obs = "n/a" if g.observed is None else f"{g.observed:.4g}"
+        iv = f" [{g.interval[0]:.4g}, {g.interval[1]:.4g}]" if g.interval else " (no interval)"
+        out.append(
+            f"| {g.metric} | {g.kind} | {g.threshold:g} | {obs}{iv} | **{g.status.upper()}** |"
+        )
+    out.append("")
+    out.append(
+        "A gate passes when the whole 95% interval is on the allowed side, fails when it "
+        "is wholly on the wrong side, and is inconclusive (exit 3) otherwise, including when "
+        "there is no interval to decide on (only a counted value's interval is its point)."
+    )
+    return out
 
 
 def render(r: Report) -> str:
@@ -88,6 +180,8 @@ def render(r: Report) -> str:
         f"device {r.environment.get('device')}; quick={r.run.get('quick')}."
     )
     out += ["", "## Before / after", ""] + comparison_table(r)
+    if any(c.scale is not None for c in r.comparisons):  # schema v2: the statistic is named
+        out += ["", COLUMNS_NOTE]
     rel = [m for m in r.compressed.measurements if m.name.startswith("kld.")]
     if rel:
         out += ["", "Divergence from the baseline on the same windows:", ""]
@@ -96,45 +190,9 @@ def render(r: Report) -> str:
             for m in rel
         ]
     if r.gates:
-        out += [
-            "",
-            "## Gates",
-            "",
-            "| metric | rule | threshold | observed [95% CI] | status |",
-            "|---|---|---|---|---|",
-        ]
-        for g in r.gates:
-            obs = "n/a" if g.observed is None else f"{g.observed:.4g}"
-            iv = f" [{g.interval[0]:.4g}, {g.interval[1]:.4g}]" if g.interval else ""
-            out.append(
-                f"| {g.metric} | {g.kind} | {g.threshold:g} | {obs}{iv} | **{g.status.upper()}** |"
-            )
-        out.append("")
-        out.append(
-            "A gate passes when the whole 95% interval is on the allowed side, fails when it "
-            "is wholly on the wrong side, and is inconclusive (exit 3) otherwise."
-        )
+        out += gates_section(r)
     if r.cost:
-        c = r.cost
-        out += [
-            "",
-            "## Cost",
-            "",
-            f"- Price basis: {c.usd_per_device_hour} USD/h for {c.device_name}; {c.basis}.",
-            f"- USD per 1M decoded tokens: baseline {fmt(c.baseline_usd_per_million_tokens, '')}"
-            f", compressed {fmt(c.compressed_usd_per_million_tokens, '')}.",
-        ]
-        if c.saving_per_quality_loss is not None:
-            rng = c.saving_per_quality_loss_ci95
-            out.append(
-                f"- Cost saved per 1% perplexity lost: {c.saving_per_quality_loss:.2f}%"
-                + (
-                    f" (conservative range {rng[0]:.2f}% to {rng[1]:.2f}%: the saving interval's "
-                    "ends over the perplexity-loss interval's ends)."
-                    if rng
-                    else "."
-                )
-            )
+        out += cost_section(r)
     out += [
         "",
         "## Every measurement",

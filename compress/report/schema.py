@@ -6,7 +6,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-REPORT_SCHEMA_VERSION = 1
+#: 2: comparisons carry the statistic they use (geometric means for log-paired metrics) and
+#: log_ratio_stderr / delta_stderr / df / n / scale; cost carries per-batch savings and the
+#: basis. Every addition is optional: version-1 reports still load.
+REPORT_SCHEMA_VERSION = 2
 
 Status = Literal["measured", "estimated", "unavailable"]
 
@@ -17,7 +20,9 @@ class _Model(BaseModel):
 
 class Measurement(_Model):
     name: str
-    value: float | None = Field(description="point estimate (median or mean, see method)")
+    value: float | None = Field(
+        description="point estimate: mean, median or geometric mean, named in method"
+    )
     unit: str
     higher_is_better: bool
     n: int = Field(ge=0, description="number of samples behind the value")
@@ -34,15 +39,28 @@ class Comparison(_Model):
     metric: str
     unit: str
     higher_is_better: bool
-    baseline: float | None
-    compressed: float | None
+    baseline: float | None = Field(description="the statistic the comparison uses (see method)")
+    compressed: float | None = Field(description="the same statistic for the compressed model")
     delta: float | None = Field(description="compressed - baseline")
     delta_ci95: list[float] | None = None
     ratio: float | None = Field(description="compressed / baseline")
     ratio_ci95: list[float] | None = None
-    paired: bool = Field(description="true when both were measured on the same windows")
+    paired: bool = Field(
+        description="true when measured in pairs: the same windows, or alternating processes"
+    )
     verdict: Literal["better", "worse", "no significant change", "unknown"]
     method: str = ""
+    scale: Literal["log", "perplexity", "mean", "exact"] | None = Field(
+        None,
+        description="log/perplexity: ratio interval = ratio * exp(+-t(df) * log_ratio_stderr); "
+        "mean: delta +- t(df) * delta_stderr, ratio by Fieller; exact: counted, no error",
+    )
+    log_ratio_stderr: float | None = Field(
+        None, description="standard error of log(ratio) (delta method on the mean scale)"
+    )
+    delta_stderr: float | None = Field(None, description="standard error of delta")
+    df: float | None = Field(None, description="degrees of freedom of the t quantile")
+    n: int | None = Field(None, description="pairs, windows or samples (smaller side) behind it")
 
 
 class RunRecord(_Model):
@@ -67,24 +85,43 @@ class GateResult(_Model):
     explanation: str
 
 
-class CostSummary(_Model):
-    usd_per_device_hour: float
-    device_name: str
-    basis: str
+class BatchCost(_Model):
+    batch_size: int
+    metric: str
     baseline_usd_per_million_tokens: float | None
     compressed_usd_per_million_tokens: float | None
     cost_saving_fraction: float | None
     cost_saving_ci95: list[float] | None
+
+
+class CostSummary(_Model):
+    usd_per_device_hour: float
+    device_name: str
+    basis: str
+    batch_size: int | None = Field(None, description="batch size of the headline's cost")
+    runtime: str | None = Field(None, description="what executed the models for the cost")
+    dtype: str | None = Field(None, description="compute dtypes, baseline -> compressed")
+    baseline_usd_per_million_tokens: float | None
+    compressed_usd_per_million_tokens: float | None
+    cost_saving_fraction: float | None
+    cost_saving_ci95: list[float] | None
+    by_batch: list[BatchCost] = Field([], description="cost saving at every profiled batch size")
     memory_saving_fraction: float | None
     quality_loss_fraction: float | None = Field(description="relative perplexity increase")
     quality_loss_ci95: list[float] | None
     saving_per_quality_loss: float | None = Field(
-        description="cost saved (%) per 1% of perplexity increase"
+        description="exchange rate: percentage points of cost saved per 1 percentage point of "
+        "perplexity increase (saving / loss); only when the saving and the loss are both "
+        "significant and the loss is an increase"
     )
     saving_per_quality_loss_ci95: list[float] | None = Field(
         None,
-        description="conservative 95% range: the saving interval's ends over the loss "
-        "interval's ends (null when the loss interval reaches 0: the ratio is unbounded)",
+        description="joint >= 95% range of the exchange rate: smallest and largest of the four "
+        "corners of the saving and loss intervals, each at the Bonferroni-adjusted level "
+        "(see saving_per_quality_loss_level); null when the adjusted loss interval reaches 0",
+    )
+    saving_per_quality_loss_level: float | None = Field(
+        None, description="confidence level of each interval whose corners give the range"
     )
     headline: str
 

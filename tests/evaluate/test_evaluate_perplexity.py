@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from compress.errors import BadInput, ReleaseFailed
 from compress.evaluate.perplexity import evaluate_many, evaluate_perplexity, window_scores
 from compress.stats import KEYS
 from compress.testing import tiny_llama
@@ -109,15 +110,34 @@ def test_window_scores_kl_against_manual_formula():
     assert s["nll_comp"] == pytest.approx(float(F.cross_entropy(comp, targets)))
 
 
-def test_non_finite_logits_raise(model):
-    class Broken(torch.nn.Module):
-        def forward(self, ids, use_cache=False):
-            out = model(ids)
-            out.logits = out.logits * float("nan")
-            return out
+class _Broken(torch.nn.Module):
+    """Wraps a model; its logits are all NaN (or +inf)."""
 
-    with pytest.raises(FloatingPointError):
-        evaluate_perplexity(model, Broken(), WINDOWS[:1], progress=False)
+    def __init__(self, model, value: float = float("nan")):
+        super().__init__()
+        self.inner, self.value = model, value
+
+    def forward(self, ids, use_cache=False):
+        out = self.inner(ids)
+        out.logits = torch.full_like(out.logits, self.value)
+        return out
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_logits_are_a_failed_release_naming_the_variant(model, value):
+    with pytest.raises(ReleaseFailed) as ei:
+        evaluate_many(model, {"int4": _Broken(model, value)}, WINDOWS[:2], progress=False)
+    err = ei.value
+    assert err.exit_code == 1 and err.stage == "evaluate: int4"
+    assert "the int4 model gives a non-finite" in str(err) and "window 0" in str(err)
+    with pytest.raises(ReleaseFailed, match="the compressed model gives a non-finite nll_comp"):
+        evaluate_perplexity(model, _Broken(model), WINDOWS[:1], kld=False, progress=False)
+
+
+def test_non_finite_baseline_is_bad_input_not_the_variants_fault(model):
+    with pytest.raises(BadInput, match="the baseline model gives a non-finite NLL") as ei:
+        evaluate_perplexity(_Broken(model), model, WINDOWS[:1], progress=False)
+    assert ei.value.exit_code == 2 and ei.value.stage == "evaluate: baseline"
 
 
 def test_evaluate_many_matches_pairwise_runs(model, perturbed):

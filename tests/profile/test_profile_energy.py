@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from compress.profile.energy import EnergyMeter
+from compress.profile.energy import NO_MOVEMENT, EnergyMeter
 
 
 def _zone(root, name, uj, rng=None):
@@ -29,10 +29,11 @@ def test_rapl_sums_packages_and_handles_wraparound(tmp_path):
 
 
 class FakeNvml:
-    def __init__(self, energy_supported=True, watts=100.0):
+    def __init__(self, energy_supported=True, watts=100.0, mj_step=1_500):
         self.energy_supported = energy_supported
         self.watts = watts
         self.mj = 5_000
+        self.mj_step = mj_step
         self.shutdown = False
 
     def nvmlInit(self):
@@ -47,7 +48,7 @@ class FakeNvml:
     def nvmlDeviceGetTotalEnergyConsumption(self, h):
         if not self.energy_supported:
             raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
-        self.mj += 1_500  # 1.5 J between reads
+        self.mj += self.mj_step  # 1.5 J between reads by default
         return self.mj
 
     def nvmlDeviceGetPowerUsage(self, h):
@@ -77,6 +78,39 @@ def test_nvml_falls_back_to_power_sampling():
         assert r.status == "measured" and r.source == "nvml-power"
         assert r.joules == pytest.approx(100.0 * r.wall_s, rel=0.1)
         assert nvml.power_reads >= 4  # the sampling thread ran (again)
+
+
+def test_rapl_counter_that_did_not_move_is_unavailable_not_zero(tmp_path):
+    _zone(tmp_path, "intel-rapl:0", 1_000_000, rng=10_000_000)
+    with EnergyMeter("cpu", rapl_root=tmp_path) as m:
+        pass  # the counter is not written: 0 J over the window
+    r = m.result
+    assert r.status == "unavailable" and r.joules is None and r.source == "rapl"
+    assert NO_MOVEMENT in r.reason and NO_MOVEMENT == (
+        "the energy counter did not move during the measured window"
+    )
+
+
+@pytest.mark.parametrize("mj_step", [0, -2_000])
+def test_nvml_counter_that_did_not_advance_is_unavailable(mj_step):
+    nvml = FakeNvml(mj_step=mj_step)
+    meter = EnergyMeter("cuda:0", nvml=nvml)
+    with meter as m:
+        pass
+    assert m.result.status == "unavailable" and m.result.joules is None
+    assert NO_MOVEMENT in m.result.reason and "NVML" in m.result.reason
+    nvml.mj_step = 1_500  # the same meter measures again once the counter moves
+    with meter as m:
+        pass
+    assert m.result.status == "measured" and m.result.joules == pytest.approx(1.5)
+
+
+def test_nvml_power_reading_zero_is_unavailable():
+    nvml = FakeNvml(energy_supported=False, watts=0.0)
+    with EnergyMeter("cuda", nvml=nvml, sample_interval_s=0.005) as m:
+        time.sleep(0.02)
+    assert m.result.status == "unavailable" and m.result.joules is None
+    assert NO_MOVEMENT in m.result.reason
 
 
 def test_stated_power_is_estimated(tmp_path):

@@ -12,7 +12,10 @@ def result(profile_cfg):
     threads = torch.get_num_threads()
     try:
         return profile_model(
-            tiny_handle(), profile_cfg(batch_sizes=[1, 2], threads=1), quick=True, progress=False
+            tiny_handle(),
+            profile_cfg(batch_sizes=[1, 2], threads=1, prefill_lengths=[32]),
+            quick=True,
+            progress=False,
         )
     finally:
         torch.set_num_threads(threads)
@@ -27,10 +30,15 @@ def test_measurements(result):
         "prefill.tokens_per_s",
         "decode.tokens_per_s",
         "decode.latency_ms_per_token",
+        "decode.latency_ms_p90",
+        "decode.latency_ms_p99",
+        "e2e.tokens_per_s",
         "memory.peak_rss_bytes",
     ):
-        assert ms[name]["n"] == 2  # quick_repeats
-        assert ms[name + "@bs2"]["n"] == 2
+        assert ms[name]["n"] == 1  # one value per process (medians over its 2 quick repeats)
+        assert ms[name + "@bs2"]["n"] == 1
+    assert ms["prefill.tokens_per_s@p32"]["value"] > 0  # prefill alone at another length
+    assert "prefill.tokens_per_s@p16" not in ms  # the prompt length itself is not repeated
     w = ms["weights.bytes"]
     assert w["n"] == 1 and w["stderr"] == 0.0 and w["status"] == "measured"
     assert w["method"] == "sum of parameter and buffer bytes, shared storage counted once"
@@ -50,6 +58,8 @@ def test_context(result):
     assert c["dtype"] == "torch.float32" and c["device"] == "cpu"
     assert c["torch_version"] and c["device_name"]
     assert len(c["greedy_ids"]["1"]) == 4
+    assert len(c["decode_step_ms"]["2"]) == 2 * 3  # repeats x decode steps, for distributions
+    assert c["prefill_lengths"] == [32]
 
 
 def test_stated_power_gives_estimate(profile_cfg):

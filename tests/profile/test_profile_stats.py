@@ -8,6 +8,7 @@ from compress.stats import (
     measurement,
     median,
     median_ci_order_stat,
+    t_quantile,
     t_quantile_975,
     unavailable,
 )
@@ -25,12 +26,13 @@ def test_keys_and_median():
 
 def test_t_interval_known_example():
     # mean 2.5, sd 1.2910, se 0.6455, t(0.975, 3) = 3.1824 -> 2.5 +- 2.0543
-    m = measurement("x", [1, 2, 3, 4], "ms", False, "a test")
+    m = measurement("x", [1, 2, 4, 3], "ms", False, "a test")
+    assert m["value"] == 2.5  # n < 6: the mean, the statistic the t-interval is for
     assert m["stderr"] == pytest.approx(0.645497, abs=1e-6)
     lo, hi = m["ci95"]
-    assert lo == pytest.approx(0.44573, abs=1e-4)
-    assert hi == pytest.approx(4.55427, abs=1e-4)
-    assert "Student-t interval for the mean" in m["method"]
+    assert lo == pytest.approx(0.44574, abs=1e-4)
+    assert hi == pytest.approx(4.55426, abs=1e-4)
+    assert "mean of 4 repeats with a Student-t 95% interval" in m["method"]
 
 
 def test_single_sample_has_no_interval():
@@ -51,10 +53,11 @@ def test_order_statistic_interval_for_n_ge_6():
         median_ci_order_stat([1, 2, 3, 4, 5])
 
 
-def test_t_table():
+def test_t_quantiles_from_scipy():
     assert t_quantile_975(1) == pytest.approx(12.706, abs=1e-3)
     assert t_quantile_975(30) == pytest.approx(2.042, abs=1e-3)
-    assert t_quantile_975(31) == pytest.approx(1.96, abs=1e-3)
+    assert t_quantile_975(31) == pytest.approx(2.040, abs=1e-3)  # exact t, no switch to z
+    assert t_quantile(10**6) == pytest.approx(1.96, abs=1e-3)
 
 
 def test_unavailable_and_exact():

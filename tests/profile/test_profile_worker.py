@@ -4,7 +4,7 @@ import types
 
 import pytest
 
-from compress.errors import StageFailed
+from compress.errors import EXIT_BAD_INPUT, BadInput, StageFailed
 from compress.profile import worker
 from compress.profile.worker import profile_in_subprocess
 from compress.testing import save_tiny_llama, tiny_handle
@@ -29,8 +29,9 @@ def test_subprocess_profile_of_local_dir(tmp_path, profile_cfg):
     assert res["context"]["load_seconds"] > 0
 
 
-def test_worker_failure_raises_stage_failed(tmp_path, profile_cfg):
-    with pytest.raises(StageFailed) as info:
+def test_worker_user_error_stays_bad_input(tmp_path, profile_cfg):
+    """A model path that does not exist is the user's to fix (exit 2), not a crash (exit 4)."""
+    with pytest.raises(BadInput) as info:
         profile_in_subprocess(
             str(tmp_path / "no-such-model"),
             profile_cfg(),
@@ -40,9 +41,8 @@ def test_worker_failure_raises_stage_failed(tmp_path, profile_cfg):
             timeout_s=300,
         )
     msg = str(info.value)
-    assert "failed in the worker process" in msg
-    if "BadInput" not in msg:  # an unexpected error: the worker's stderr tail is attached
-        assert "Last worker output" in msg
+    assert "failed in the worker process" in msg and "does not exist" in msg
+    assert info.value.exit_code == EXIT_BAD_INPUT
 
 
 def test_worker_crash_reports_stderr_tail(profile_cfg):

@@ -1,0 +1,93 @@
+"""compress.report.markdown: the columns are the comparison's statistic, intervals [lo, hi],
+and the cost section shows the saving and the loss each with its interval."""
+
+from __future__ import annotations
+
+import pytest
+
+from compress import stats
+from compress.cost import cost_measurements, summarize
+from compress.recipe import CostConfig
+from compress.report.compare import compare
+from compress.report.markdown import COLUMNS_NOTE, render
+from compress.report.schema import Measurement, Report, RunRecord
+
+CFG = CostConfig(usd_per_device_hour=1.0, device_name="test box")
+TPS_B, TPS_C = [30.1, 28.7, 31.5, 29.9, 27.8, 30.6], [61.0, 57.1, 64.2, 59.5, 57.0, 60.9]
+NLL_B = [2.0, 2.2, 1.9, 2.1, 2.3, 1.8, 2.05, 2.15]
+NLL_C = [2.02, 2.23, 1.93, 2.12, 2.33, 1.82, 2.07, 2.18]
+
+
+def _report(nll_c: list[float] = NLL_C) -> Report:
+    recs = []
+    for label, tps, nll in (("baseline", TPS_B, NLL_B), ("compressed", TPS_C, nll_c)):
+        ms = [
+            stats.log_measurement("decode.tokens_per_s", tps, "tokens/s", True, "per process"),
+            stats.mean_measurement("wikitext2.nll", nll, "nats/token", False, "per window"),
+        ]
+        ppl = dict(ms[1], name="wikitext2.perplexity", unit="perplexity", ci95=None)
+        ppl["value"] = 2.718281828 ** ms[1]["value"]
+        rec = RunRecord(
+            label=label,
+            model={"spec": "tiny"},
+            dtype="float32",
+            measurements=[Measurement(**m) for m in (*ms, ppl)],
+        )
+        rec.measurements += cost_measurements(rec, CFG)
+        recs.append(rec)
+    paired = {
+        "decode.tokens_per_s": stats.Paired(TPS_B, TPS_C, "log"),
+        "wikitext2.nll": stats.Paired(NLL_B, nll_c, "mean"),
+        "wikitext2.perplexity": stats.Paired(NLL_B, nll_c, "perplexity"),
+    }
+    comps = compare(*recs, paired)
+    basis = {"batch": 1, "runtime": "torch eager cpu", "dtype": "float32 -> bfloat16"}
+    return Report(
+        tool={"name": "compress", "version": "test"},
+        run={"id": "r", "quick": True},
+        recipe={"name": "tiny"},
+        environment={},
+        data=[],
+        definitions={},
+        baseline=recs[0],
+        compressed=recs[1],
+        comparisons=comps,
+        cost=summarize(comps, CFG, basis=basis),
+        gates=[],
+        exit_code=0,
+    )
+
+
+def test_columns_are_the_comparison_statistic_with_intervals():
+    r = _report()
+    md = render(r)
+    tps = r.comparison("decode.tokens_per_s")
+    assert tps.baseline == pytest.approx(r.baseline.get("decode.tokens_per_s").value)  # GM
+    row = next(line for line in md.splitlines() if line.startswith("| decode.tokens_per_s |"))
+    assert f"| {tps.baseline:.3f} | {tps.compressed:.3f} |" in row
+    assert f"{tps.ratio:.3f}x [{tps.ratio_ci95[0]:.3f}, {tps.ratio_ci95[1]:.3f}]" in row
+    assert COLUMNS_NOTE in md
+    nll = next(line for line in md.splitlines() if line.startswith("| wikitext2.nll |"))
+    assert "x [" in nll  # the nll ratio now has its interval
+
+
+def test_cost_section_shows_saving_loss_and_rate():
+    r = _report()
+    md = render(r)
+    c = r.cost
+    assert c.saving_per_quality_loss is not None and c.saving_per_quality_loss_ci95
+    section = md[md.index("## Cost") : md.index("## Every measurement")]
+    lo, hi = c.cost_saving_ci95
+    assert f"- Cost saving at batch 1: {100 * c.cost_saving_fraction:+.1f}% " in section
+    assert f"[{100 * lo:+.1f}%, {100 * hi:+.1f}%] (95% CI)" in section
+    assert "- Perplexity increase: " in section
+    assert "- Exchange rate: " in section and "each at 97.5%" in section
+    assert md.splitlines()[2].startswith("**Serving cost per token at batch 1 (torch eager cpu")
+
+
+def test_cost_section_without_a_significant_loss_has_no_rate():
+    r = _report(nll_c=[x + d for x, d in zip(NLL_B, [0.01, -0.01] * 4, strict=True)])
+    md = render(r)
+    assert r.cost.saving_per_quality_loss is None
+    assert "Exchange rate" not in md and "no measurable perplexity increase" in md
+    assert "- Perplexity increase: " in md
