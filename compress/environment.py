@@ -87,6 +87,23 @@ def versions() -> dict[str, str]:
     return out
 
 
+#: CPU flags that decide which kernels are fast (kernel speed differs a lot between hosts)
+KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16")
+
+
+def cpu_features() -> list[str]:
+    """The kernel-relevant flags /proc/cpuinfo lists for this CPU (empty where unreadable)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return [x for x in KERNEL_FLAGS if x in flags]
+    except OSError:
+        pass
+    return []
+
+
 def environment(device: str) -> dict:
     import torch
 
@@ -94,6 +111,7 @@ def environment(device: str) -> dict:
         "device": device,
         "platform": platform.platform(),
         "cpu": _cpu_name(),
+        "cpu_features": cpu_features(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "versions": versions(),

@@ -7,6 +7,7 @@ import gc
 import hashlib
 import json
 import logging
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -177,22 +178,33 @@ def _run(
             "wikitext2.nll": (pw["nll_base"], pw["nll_comp"]),
         }
     comp_runtime = getattr(comp.model, "runtime", None) if comp.runtime != "torch" else None
+    timing_copy = _baseline_for_timing(base, run_dir) if recipe.profile.enabled else None
     del base.model, comp.model
     gc.collect()
 
     contexts: dict[str, dict] = {}
     if recipe.profile.enabled:
         arms = [
-            Arm("baseline", recipe.model, "float32"),
+            Arm("baseline", str(timing_copy or recipe.model), "float32"),
             Arm("compressed", str(model_dir), comp.dtype, policy),
         ]
-        with stage_errors("profile"):
-            prof = profile_paired(
-                arms, recipe.profile, quick=quick, device=device, seed=recipe.seed
-            )
+        try:
+            with stage_errors("profile"):
+                prof = profile_paired(
+                    arms, recipe.profile, quick=quick, device=device, seed=recipe.seed
+                )
+        finally:
+            if timing_copy is not None:
+                shutil.rmtree(timing_copy, ignore_errors=True)
         for label, ms in (("baseline", base_ms), ("compressed", comp_ms)):
             ms += [m for m in prof["measurements"][label] if m["name"] != "weights.bytes"]
             contexts[label] = dict(prof["context"][label], timing_protocol=prof["protocol"])
+        if timing_copy is not None:
+            contexts["baseline"]["timed_from"] = (
+                f"an fp32 safetensors copy of the loaded baseline (identical tensors), saved "
+                f"once so each timing process loads it directly instead of converting "
+                f"'{recipe.model}' again; deleted after profiling"
+            )
         paired.update(prof["paired"]["compressed"])
     src_bytes = base.source.file_bytes
     base_ms.append(
@@ -259,6 +271,16 @@ def _run(
     atomic_write_text(run_dir / "report.json", report.model_dump_json(indent=2))
     atomic_write_text(run_dir / "report.md", render(report))
     return report
+
+
+def _baseline_for_timing(base: ModelHandle, run_dir: Path) -> Path | None:
+    """An fp32 safetensors copy of a causal-LM baseline for the timing processes (a GGUF
+    is dequantized anew by every load: ~20 s per process on 2 cores)."""
+    from compress.quant.serialize import save_compressed
+
+    if base.source.architecture != "causal_lm" or base.runtime != "torch":
+        return None
+    return save_compressed(base, run_dir / ".baseline-fp32")
 
 
 def _kernel_policy(comp: ModelHandle, profile, device: str) -> dict | None:

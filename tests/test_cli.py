@@ -304,11 +304,6 @@ def test_user_error_inside_a_stage_stays_exit_2(
     assert failure["exit_code"] == 2 and failure["stage"] == "compress: stages.1 (rtn)"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="compress/methods/targets.py raises StageFailed (exit 4) for a group_size that does "
-    "not divide the layer: a recipe value the user must fix, so it should be BadInput (exit 2)",
-)
 def test_group_size_that_does_not_divide_is_bad_input(tmp_path, tiny_model_dir, tiny_data_dir):
     stages = [{"method": "rtn", "bits": 4, "group_size": 256}]
     res, run_dir = _apply_tiny(tmp_path, tiny_model_dir, tiny_data_dir, stages=stages)

@@ -101,7 +101,7 @@ class _StreamStats:
 def apply(handle: ModelHandle, cfg: AWQConfig, calibration=None) -> dict:
     import torch
 
-    from compress.errors import StageFailed
+    from compress.errors import ReleaseFailed
     from compress.methods.calibrate import require_calibration, sequential
     from compress.methods.mappings import plan as make_plan
     from compress.methods.targets import cast_float_parts, select_linears, set_module
@@ -181,7 +181,9 @@ def apply(handle: ModelHandle, cfg: AWQConfig, calibration=None) -> dict:
                     rec["clipped"].append(t)
             qt = quantize(w, **qargs)
             if not (torch.isfinite(qt.scale).all() and torch.isfinite(qt.zero).all()):
-                raise StageFailed(f"awq: layer '{ctx.name}.{t}' has non-finite weights or scales.")
+                raise ReleaseFailed(
+                    f"awq: layer '{ctx.name}.{t}' has non-finite weights or scales."
+                )
             set_module(ctx.layer, t, Int4Linear.from_float(lin, qt, dtype))
         return rec
 

@@ -47,9 +47,9 @@ def _require_bnb():
     try:
         import bitsandbytes
     except ImportError as e:
-        from compress.errors import StageFailed
+        from compress.errors import BadInput
 
-        raise StageFailed(f"bnb needs the 'bitsandbytes' package ({e}).", fix=INSTALL) from None
+        raise BadInput(f"bnb needs the 'bitsandbytes' package ({e}).", fix=INSTALL) from None
     return bitsandbytes
 
 
@@ -64,7 +64,7 @@ def apply(handle: ModelHandle, cfg: BnbConfig, calibration=None) -> dict:
     import torch
     from tqdm.auto import tqdm
 
-    from compress.errors import StageFailed
+    from compress.errors import BadInput
     from compress.methods.targets import cast_float_parts, select_linears, set_module
 
     bnb = _require_bnb()
@@ -79,12 +79,12 @@ def apply(handle: ModelHandle, cfg: BnbConfig, calibration=None) -> dict:
     model = handle.model
     device = torch.device(str(handle.device))
     if device.type not in ("cpu", "cuda"):
-        raise StageFailed(
+        raise BadInput(
             f"bnb: bitsandbytes layers run on cpu or cuda here; the model is on {device}.",
             fix="Run on --device cpu or cuda.",
         )
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise StageFailed("bnb: the handle is on cuda but torch sees no CUDA device.")
+        raise BadInput("bnb: the handle is on cuda but torch sees no CUDA device.")
     dtype = getattr(torch, cfg.compute_dtype)
     chosen = select_linears(model, cfg.targets, cfg.ignore, stage="bnb")
     four_bit = cfg.quant_type != "int8"

@@ -116,10 +116,10 @@ def load_calibration(tokenizer, cfg, data_dir: str | Path | None = None) -> Cali
 def require_calibration(calibration, stage: str, why: str) -> CalibrationData:
     """`calibration`, or a StageFailed naming the stage and the recipe block that is missing
     (called before a stage changes anything)."""
-    from compress.errors import StageFailed
+    from compress.errors import BadInput
 
     if calibration is None:
-        raise StageFailed(
+        raise BadInput(
             f"{stage} needs calibration data ({why}) and got none.",
             fix="Add a calibration block to the recipe, e.g. calibration: {dataset: "
             "wikitext2-calib, samples: 128, seq_len: 512}.",
@@ -144,7 +144,7 @@ def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
             return name, mod
     lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList)]
     if not lists:
-        raise StageFailed("calibration: this model has no list of decoder layers to walk.")
+        raise BadInput("calibration: this model has no list of decoder layers to walk.")
     return max(lists, key=lambda nm: len(nm[1]))
 
 

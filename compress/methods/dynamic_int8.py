@@ -27,12 +27,12 @@ def apply(handle: ModelHandle, cfg: DynamicInt8Config, calibration=None) -> dict
     import torch
     from tqdm.auto import tqdm
 
-    from compress.errors import StageFailed
+    from compress.errors import BadInput
     from compress.methods.targets import cast_float_parts, linears, set_module
     from compress.quant.dynamic import DynamicInt8Linear
 
     if handle.device != "cpu":
-        raise StageFailed(
+        raise BadInput(
             f"dynamic_int8 runs on torch.ao's CPU kernels; this run uses device '{handle.device}'.",
             fix="Run with --device cpu, or use method rtn (bits 8) on CUDA.",
         )

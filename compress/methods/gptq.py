@@ -69,7 +69,7 @@ def apply(handle: ModelHandle, cfg: GPTQConfig, calibration=None) -> dict:
     import torch
     from torch import nn
 
-    from compress.errors import StageFailed
+    from compress.errors import ReleaseFailed, StageFailed
     from compress.methods import layerwise
     from compress.methods.calibrate import require_calibration
     from compress.methods.targets import cast_float_parts, select_linears, set_module
@@ -124,7 +124,7 @@ def apply(handle: ModelHandle, cfg: GPTQConfig, calibration=None) -> dict:
                 and torch.isfinite(part.zero).all()
                 and torch.isfinite(deq).all()
             ):
-                raise StageFailed(f"gptq: layer '{name}' has non-finite weights or scales.")
+                raise ReleaseFailed(f"gptq: layer '{name}' has non-finite weights or scales.")
             errors[name] = float(row_err[r0:r1].sum() / energy[r0:r1].sum().clamp(min=1e-30))
             if cfg.bits == 8:
                 new_modules[name] = Int8Linear.from_float(m, part, dtype)

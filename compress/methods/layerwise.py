@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.errors import StageFailed
+from compress.errors import BadInput, StageFailed
 from compress.methods.calibrate import LayerContext, StopForward, decoder_layers, sequential
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def by_decoder_layer(
     prefix, _ = decoder_layers(model)
     outside = [n for n in chosen if not n.startswith(prefix + ".")]
     if outside:
-        raise StageFailed(
+        raise BadInput(
             f"{stage} only rewrites Linears inside the decoder layers ({prefix}.N); "
             f"{len(outside)} targeted layer(s) lie outside: {', '.join(outside[:5])}.",
             fix="Add them to ignore (and quantize lm_head with an rtn stage, e.g. bits 8).",

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from compress.errors import StageFailed
+from compress.errors import BadInput
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ def detect_family(model: nn.Module, layer: nn.Module, *, stage: str) -> Family:
         if cls in fam.layer_classes:
             return fam
     known = ", ".join(f.name for f in FAMILIES)
-    raise StageFailed(
+    raise BadInput(
         f"{stage}: no scale mapping for architecture '{type(model).__name__}' (model_type "
         f"{'/'.join(types) or '?'}, decoder layer {cls}); known families: {known}.",
         fix="Use a method without activation-aware scaling (rtn, gptq, dynamic_int8), or add "
@@ -181,7 +181,7 @@ def layer_groups(
             prev = layer.get_submodule(sg.prev)
             lins = {n: layer.get_submodule(n) for n in sg.linears}
         except AttributeError as e:
-            raise StageFailed(
+            raise BadInput(
                 f"{stage}: '{layer_name}' lacks a module the {family.name} mapping expects "
                 f"({e}); its children are {[n for n, _ in layer.named_children()]}.",
                 fix="The architecture differs from the known family: add a mapping.",
@@ -191,7 +191,7 @@ def layer_groups(
             continue
         if not all(isinstance(m, nn.Linear) for m in lins.values()):
             kinds = {n: type(m).__name__ for n, m in lins.items()}
-            raise StageFailed(
+            raise BadInput(
                 f"{stage}: '{layer_name}' {sg.linears} must all be float nn.Linear layers to be "
                 f"rescaled, got {kinds} (already quantized by an earlier stage?).",
                 fix="Put this stage before any quantizing stage, or ignore the whole group.",
@@ -208,12 +208,12 @@ def layer_groups(
             kind = "linear"
         elif _is_norm(prev) and getattr(prev, "weight", None) is not None:
             if ins != {prev.weight.numel()}:
-                raise StageFailed(
+                raise BadInput(
                     f"{stage}: '{layer_name}.{sg.prev}' has {prev.weight.numel()} channels but "
                     f"{sg.linears} read {sorted(ins)}."
                 )
             if not norm_offset_matches(prev, family.norm_offset):
-                raise StageFailed(
+                raise BadInput(
                     f"{stage}: '{layer_name}.{sg.prev}' ({type(prev).__name__}) does not "
                     f"compute normalised(x) * ({family.norm_offset:g} + weight) as the "
                     f"{family.name} mapping assumes; folding a scale into it would change the "
@@ -222,7 +222,7 @@ def layer_groups(
                 )
             kind = "norm"
         else:
-            raise StageFailed(
+            raise BadInput(
                 f"{stage}: '{layer_name}.{sg.prev}' is a {type(prev).__name__}, neither a norm "
                 "with a weight nor a Linear: cannot fold a scale into it."
             )

@@ -83,12 +83,12 @@ class OnnxInt8Config(StageBase):
 def require_package(module: str):
     import importlib
 
-    from compress.errors import StageFailed
+    from compress.errors import BadInput
 
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise StageFailed(
+        raise BadInput(
             f"onnx_int8 needs the '{module.split('.')[0]}' package ({e}).", fix=INSTALL
         ) from None
 
@@ -96,7 +96,7 @@ def require_package(module: str):
 def apply(handle: ModelHandle, cfg: OnnxInt8Config, calibration=None) -> dict:
     import torch
 
-    from compress.errors import StageFailed
+    from compress.errors import BadInput, StageFailed
     from compress.methods.targets import cast_float_parts, linears
 
     onnx = require_package("onnx")
@@ -113,19 +113,19 @@ def apply(handle: ModelHandle, cfg: OnnxInt8Config, calibration=None) -> dict:
 
     arch = getattr(handle.source, "architecture", "causal_lm")
     if arch != "causal_lm":
-        raise StageFailed(
+        raise BadInput(
             f"onnx_int8 exports causal LMs; this model is an {arch} (not supported yet).",
             fix="Use dynamic_int8 for encoders, or a causal LM with onnx_int8.",
         )
     if handle.runtime != "torch":
-        raise StageFailed(
+        raise BadInput(
             f"onnx_int8 exports a torch model; this handle already runs in {handle.runtime}.",
             fix="Put onnx_int8 first (and only once) in stages.",
         )
     model = handle.model
     packed = [n for n, m in model.named_modules() if getattr(m, "kind", None)]
     if packed:
-        raise StageFailed(
+        raise BadInput(
             f"onnx_int8 exports float models; {len(packed)} module(s) are already quantized "
             f"in torch (e.g. {packed[0]}).",
             fix="Run onnx_int8 on the float model (as the only quantizing stage).",
@@ -156,7 +156,7 @@ def apply(handle: ModelHandle, cfg: OnnxInt8Config, calibration=None) -> dict:
     export_s = time.perf_counter() - t0
     fp32_bytes = initializer_nbytes(proto)
     if proto.ByteSize() > MAX_INLINE_BYTES:
-        raise StageFailed(
+        raise BadInput(
             f"the float ONNX graph is {proto.ByteSize() / 1e9:.1f} GB; graphs over 2 GB need "
             "external weight files, which onnx_int8 does not write yet.",
             fix="Use a smaller model or another method.",

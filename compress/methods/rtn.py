@@ -51,7 +51,7 @@ def apply(handle: ModelHandle, cfg: RTNConfig, calibration=None) -> dict:
     import torch
     from tqdm.auto import tqdm
 
-    from compress.errors import StageFailed
+    from compress.errors import ReleaseFailed
     from compress.methods.targets import cast_float_parts, select_linears, set_module
     from compress.quant.grid import as_int4, container_notes, quantize
     from compress.quant.modules import (
@@ -75,7 +75,7 @@ def apply(handle: ModelHandle, cfg: RTNConfig, calibration=None) -> dict:
     ):
         qt = quantize(lin.weight, cfg.bits, cfg.group_size, cfg.symmetric)
         if not (torch.isfinite(qt.scale).all() and torch.isfinite(qt.zero).all()):
-            raise StageFailed(f"rtn: layer '{name}' has non-finite weights or scales.")
+            raise ReleaseFailed(f"rtn: layer '{name}' has non-finite weights or scales.")
         if cfg.bits == 8:
             new = Int8Linear.from_float(lin, qt, dtype)
         else:  # 2/3-bit codes and per-channel grids sit exactly in int4 containers

@@ -51,7 +51,7 @@ class _AbsMax:
 def apply(handle: ModelHandle, cfg: SmoothQuantConfig, calibration=None) -> dict:
     import torch
 
-    from compress.errors import StageFailed
+    from compress.errors import BadInput
     from compress.methods.calibrate import require_calibration, sequential
     from compress.methods.mappings import plan as make_plan
     from compress.methods.targets import cast_float_parts, linears, set_module
@@ -67,7 +67,7 @@ def apply(handle: ModelHandle, cfg: SmoothQuantConfig, calibration=None) -> dict
     require_calibration(calibration, "smoothquant", "activation ranges pick the scales")
     on_cuda = torch.device(handle.device).type == "cuda"
     if cfg.w8a8 and torch.device(handle.device).type not in ("cpu", "cuda"):
-        raise StageFailed(
+        raise BadInput(
             f"smoothquant w8a8 has int8 kernels for cpu and cuda; this run uses device "
             f"'{handle.device}'.",
             fix="Run with --device cpu or cuda, or set w8a8: false and follow with another method.",
@@ -79,7 +79,7 @@ def apply(handle: ModelHandle, cfg: SmoothQuantConfig, calibration=None) -> dict
 
         odd = [n for n, m in chosen.items() if not supports(m.in_features, m.out_features)]
         if odd:
-            raise StageFailed(
+            raise BadInput(
                 f"smoothquant w8a8 on cuda: the int8 GEMM needs feature sizes that are "
                 f"multiples of 8; {', '.join(odd[:3])} are not.",
                 fix="Add those layers to ignore:, or run on --device cpu.",

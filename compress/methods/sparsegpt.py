@@ -32,7 +32,7 @@ class SparseGPTConfig(PruneBase):
 def apply(handle: ModelHandle, cfg: SparseGPTConfig, calibration=None) -> dict:
     import torch
 
-    from compress.errors import StageFailed
+    from compress.errors import ReleaseFailed, StageFailed
     from compress.methods import layerwise
     from compress.methods.pruning import calibrated, record
     from compress.prune.sparsegpt import sparsegpt_prune
@@ -54,7 +54,7 @@ def apply(handle: ModelHandle, cfg: SparseGPTConfig, calibration=None) -> dict:
             except ValueError as e:
                 raise StageFailed(f"sparsegpt: layer '{name}' failed: {e}.") from None
             if not torch.isfinite(W_new).all():
-                raise StageFailed(f"sparsegpt: layer '{name}' has non-finite weights.")
+                raise ReleaseFailed(f"sparsegpt: layer '{name}' has non-finite weights.")
             errors[name] = float(row_err.sum() / output_energy(W, H).sum().clamp(min=1e-30))
             with torch.no_grad():
                 m.weight.copy_(W_new.to(m.weight.dtype))

@@ -7,7 +7,7 @@ import re
 
 from torch import nn
 
-from compress.errors import BadInput, did_you_mean
+from compress.errors import BadInput, ReleaseFailed, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def cast_float_parts(model: nn.Module, dtype) -> None:
 
 def linears(model: nn.Module, targets: list[str], ignore: list[str], *, stage: str):
     """The nn.Linear layers `targets` minus `ignore` select; a StageFailed if there are none."""
-    from compress.errors import StageFailed
+    from compress.errors import BadInput
 
     chosen = {
         n: m
@@ -88,7 +88,7 @@ def linears(model: nn.Module, targets: list[str], ignore: list[str], *, stage: s
         if isinstance(m, nn.Linear)
     }
     if not chosen:
-        raise StageFailed(
+        raise BadInput(
             f"{stage}: targets {targets} (minus ignore {ignore}) match no nn.Linear layer.",
             fix="Target Linear layers, e.g. targets: [Linear].",
         )
@@ -112,7 +112,7 @@ def select_linears(
     import torch
 
     from compress._config import INT4_GROUP_SIZES
-    from compress.errors import StageFailed
+    from compress.errors import BadInput
     from compress.quant.grid import container_group
 
     def listed(bad: list[str]) -> str:
@@ -130,7 +130,7 @@ def select_linears(
         what, d, fix = divisor
         bad = [f"{n} (in_features {m.in_features})" for n, m in chosen.items() if m.in_features % d]
         if bad:
-            raise StageFailed(
+            raise BadInput(
                 f"{stage}.{what} does not divide the input features of {listed(bad)}.", fix=fix
             )
     elif bits is not None and bits <= 4:
@@ -140,7 +140,7 @@ def select_linears(
             if container_group(m.in_features) is None
         ]
         if bad:
-            raise StageFailed(
+            raise BadInput(
                 f"{stage} per-channel int{bits} is stored in int4 groups of "
                 f"{list(INT4_GROUP_SIZES)}, none of which divides the input features of "
                 f"{listed(bad)}.",
@@ -148,5 +148,5 @@ def select_linears(
             )
     bad = [n for n, m in chosen.items() if not torch.isfinite(m.weight).all()]
     if bad:
-        raise StageFailed(f"{stage}: non-finite weights in layer(s) {', '.join(bad[:5])}.")
+        raise ReleaseFailed(f"{stage}: non-finite weights in layer(s) {', '.join(bad[:5])}.")
     return chosen

@@ -336,7 +336,8 @@ def _memory_measurements(sfx: str, cuda: bool, peak_a: list, peak_b: list) -> li
             max(peak_a),
             "bytes",
             False,
-            "peak process RSS (sampled every 5 ms and the kernel's VmHWM, reset after loading) "
+            "peak process RSS (the kernel's VmHWM, reset at each timed repeat; 5 ms samples where "
+            "the kernel has no such counter) "
             "during the timed repeats in this process",
         )
     ]

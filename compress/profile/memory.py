@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 
 class RssSampler:
-    """Samples this process's resident set size every `interval_s` on a daemon thread.
+    """Peak resident set size of this process over a region: the kernel's VmHWM, reset on
+    entry (Linux); where that is unavailable, RSS sampled every `interval_s` on a daemon thread.
 
     `start` is the RSS on entry, `peak` the largest RSS seen (sampled on entry, every interval
     and on exit), `samples` how many readings were taken.
@@ -51,8 +52,10 @@ class RssSampler:
         self.hwm_reset = reset_peak_rss()
         self.start = self._read()
         self.peak = self.start
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-        self._thread.start()
+        if not self.hwm_reset:  # no kernel peak counter: sample on a thread instead (a
+            # sampling thread competes for the GIL and a core with what is being timed)
+            self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -175,7 +175,8 @@ def _work(request: dict[str, Any]) -> dict[str, Any]:
 
         apply_policy(handle.model, policy)
     log.debug("loaded '%s' in %.1f s", request["spec"], load_seconds)
-    result = profile_model(handle, cfg, quick=bool(request["quick"]), progress=True)
+    bars = os.environ.get("TQDM_DISABLE", "").lower() not in ("1", "true", "yes")
+    result = profile_model(handle, cfg, quick=bool(request["quick"]), progress=bars)
     result["context"]["load_seconds"] = load_seconds
     result["context"]["kernel_policy"] = policy
     result["context"]["spec"] = request["spec"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from compress.errors import StageFailed
+from compress.errors import BadInput
 
 INSTALL = "pip install bitsandbytes  (or: pip install -e .[bnb])"
 
@@ -14,7 +14,7 @@ try:
     import bitsandbytes as bnb
     from bitsandbytes.functional import QuantState
 except ImportError as _e:  # pragma: no cover - exercised only without bitsandbytes
-    raise StageFailed(
+    raise BadInput(
         f"bnb-quantized layers need the 'bitsandbytes' package ({_e}).", fix=INSTALL
     ) from None
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.errors import StageFailed
+from compress.errors import BadInput, StageFailed
 
 if TYPE_CHECKING:
     from compress.handle import ModelHandle
@@ -53,7 +53,7 @@ def import_ort():
     try:
         import onnxruntime
     except ImportError as e:
-        raise StageFailed(
+        raise BadInput(
             f"The onnxruntime runtime needs the 'onnxruntime' package ({e}).", fix=INSTALL
         ) from None
     return onnxruntime

@@ -7,7 +7,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from compress.errors import StageFailed
+from compress.errors import BadInput
 from compress.handle import ModelHandle, ModelSource
 from compress.methods import awq, rtn
 from compress.methods.awq import AWQConfig
@@ -186,7 +186,7 @@ def test_unknown_architecture_raises_naming_it():
     ).eval()
     h = ModelHandle(model, tiny_tokenizer(), ModelSource("tiny-opt", "local_dir"), "float32", "cpu")
     before = snapshot(model)
-    with pytest.raises(StageFailed, match=r"OPTForCausalLM.*opt.*known families: llama"):
+    with pytest.raises(BadInput, match=r"OPTForCausalLM.*opt.*known families: llama"):
         awq.apply(h, AWQConfig(group_size=32), CALIB)
     assert unchanged(model, before)
 
@@ -194,7 +194,7 @@ def test_unknown_architecture_raises_naming_it():
 def test_group_size_not_dividing_raises_and_changes_nothing():
     h = tiny_handle(hidden_size=48, intermediate_size=96, num_attention_heads=4)
     before = snapshot(h.model)
-    with pytest.raises(StageFailed) as ei:
+    with pytest.raises(BadInput) as ei:
         awq.apply(h, AWQConfig(group_size=32), CALIB)
     msg = str(ei.value)
     assert "model.layers.0.self_attn.q_proj (in_features 48)" in msg
@@ -206,7 +206,7 @@ def test_group_size_not_dividing_raises_and_changes_nothing():
 def test_no_calibration_raises():
     h = tiny_handle()
     before = snapshot(h.model)
-    with pytest.raises(StageFailed, match="calibration"):
+    with pytest.raises(BadInput, match="calibration"):
         awq.apply(h, AWQConfig(group_size=32), None)
     assert unchanged(h.model, before)
 

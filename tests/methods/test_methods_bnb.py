@@ -14,7 +14,7 @@ from pydantic import ValidationError  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from torch import nn  # noqa: E402
 
-from compress.errors import StageFailed  # noqa: E402
+from compress.errors import BadInput, ReleaseFailed  # noqa: E402
 from compress.methods import bnb as bnb_method  # noqa: E402
 from compress.methods.bnb import BnbConfig  # noqa: E402
 from compress.profile.memory import weight_bytes  # noqa: E402
@@ -338,7 +338,7 @@ def test_layout_refuses_other_devices():
 def test_cuda_handle_without_cuda_raises_and_changes_nothing():
     h = tiny_handle()
     h.device = "cuda"
-    with pytest.raises(StageFailed, match="CUDA"):
+    with pytest.raises(BadInput, match="CUDA"):
         bnb_method.apply(h, BnbConfig())
     assert not any(isinstance(m, BnbLinear) for m in h.model.modules())
 
@@ -355,7 +355,7 @@ def test_odd_shapes_fall_back_to_the_portable_layout():
 
 
 def test_targets_without_linear_raise():
-    with pytest.raises(StageFailed, match="no nn.Linear"):
+    with pytest.raises(BadInput, match="no nn.Linear"):
         bnb_method.apply(tiny_handle(), BnbConfig(targets=["LlamaRMSNorm"]))
 
 
@@ -363,7 +363,7 @@ def test_nan_weight_raises_naming_the_layer_and_changes_nothing():
     h = tiny_handle()
     with torch.no_grad():
         h.model.model.layers[1].mlp.up_proj.weight[3, 5] = float("nan")
-    with pytest.raises(StageFailed, match=r"model\.layers\.1\.mlp\.up_proj"):
+    with pytest.raises(ReleaseFailed, match=r"model\.layers\.1\.mlp\.up_proj"):
         bnb_method.apply(h, BnbConfig())
     assert not any(isinstance(m, BnbLinear) for m in h.model.modules())
 
@@ -397,7 +397,7 @@ def test_missing_bitsandbytes_names_the_package(monkeypatch):
         return real(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", fake)
-    with pytest.raises(StageFailed, match="bitsandbytes") as ei:
+    with pytest.raises(BadInput, match="bitsandbytes") as ei:
         bnb_method.apply(tiny_handle(), BnbConfig())
     assert "pip install" in str(ei.value)
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from compress.errors import StageFailed
+from compress.errors import BadInput
 from compress.methods import get_apply
 from compress.methods.awq import AWQConfig
 from compress.methods.gptq import GPTQConfig
@@ -25,7 +25,7 @@ from compress.testing import snapshot, tiny_calibration, tiny_handle, unchanged
 def test_calibrated_stage_without_data_names_itself_and_changes_nothing(cfg):
     h = tiny_handle()
     before = snapshot(h.model)
-    with pytest.raises(StageFailed, match=f"{cfg.method} needs calibration data") as e:
+    with pytest.raises(BadInput, match=f"{cfg.method} needs calibration data") as e:
         get_apply(cfg.method)(h, cfg, None)
     assert "calibration:" in e.value.fix
     assert unchanged(h.model, before)

@@ -10,7 +10,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from compress.errors import StageFailed
+from compress.errors import BadInput, ReleaseFailed
 from compress.methods import gptq, rtn
 from compress.methods.gptq import GPTQConfig
 from compress.profile.memory import weight_bytes
@@ -151,14 +151,14 @@ def test_targets_subset_only_changes_those():
 
 
 def test_no_calibration_raises():
-    with pytest.raises(StageFailed, match="gptq needs calibration data"):
+    with pytest.raises(BadInput, match="gptq needs calibration data"):
         gptq.apply(tiny_handle(), GPTQConfig(group_size=32), None)
 
 
 def test_group_size_not_dividing_raises_and_changes_nothing():
     h = tiny_handle(hidden_size=48, intermediate_size=96, num_attention_heads=4)
     before = {k: v.clone() for k, v in h.model.state_dict().items()}
-    with pytest.raises(StageFailed) as ei:
+    with pytest.raises(BadInput) as ei:
         gptq.apply(h, GPTQConfig(bits=4, group_size=32), tiny_calibration(4, 32))
     msg = str(ei.value)
     assert "model.layers.0.self_attn.q_proj (in_features 48)" in msg and "12 layer(s)" in msg
@@ -168,17 +168,17 @@ def test_group_size_not_dividing_raises_and_changes_nothing():
     )
     assert h.dtype == "float32"
     # per channel: stored in int4 groups; 48 has no such divisor either
-    with pytest.raises(StageFailed, match="per-channel int4"):
+    with pytest.raises(BadInput, match="per-channel int4"):
         gptq.apply(h, GPTQConfig(bits=4, group_size=None), tiny_calibration(4, 32))
 
 
 def test_lm_head_target_refused():
-    with pytest.raises(StageFailed, match="outside.*lm_head"):
+    with pytest.raises(BadInput, match="outside.*lm_head"):
         gptq.apply(tiny_handle(), GPTQConfig(group_size=32, ignore=[]), tiny_calibration(4, 32))
 
 
 def test_targets_without_linear_raise():
-    with pytest.raises(StageFailed, match="no nn.Linear"):
+    with pytest.raises(BadInput, match="no nn.Linear"):
         gptq.apply(tiny_handle(), GPTQConfig(targets=["LlamaRMSNorm"]), tiny_calibration(4, 32))
 
 
@@ -186,7 +186,7 @@ def test_nan_weight_raises_naming_the_layer():
     h = tiny_handle()
     with torch.no_grad():
         h.model.model.layers[1].mlp.down_proj.weight[3, 5] = float("nan")
-    with pytest.raises(StageFailed, match=r"model\.layers\.1\.mlp\.down_proj"):
+    with pytest.raises(ReleaseFailed, match=r"model\.layers\.1\.mlp\.down_proj"):
         gptq.apply(
             h, GPTQConfig(group_size=32, calibration_dtype="float32"), tiny_calibration(4, 32)
         )

@@ -10,7 +10,7 @@ import torch
 from pydantic import TypeAdapter, ValidationError
 from torch import nn
 
-from compress.errors import StageFailed
+from compress.errors import BadInput
 from compress.methods import StageConfig, gptq, magnitude, sparsegpt, wanda
 from compress.methods.gptq import GPTQConfig
 from compress.methods.magnitude import MagnitudeConfig
@@ -131,7 +131,7 @@ def test_configs_refuse_bad_structures():
 @pytest.mark.parametrize("name", ["wanda", "sparsegpt"])
 def test_calibrated_pruning_needs_calibration(name):
     apply, cfg = METHODS[name]
-    with pytest.raises(StageFailed, match=f"{name} needs calibration data"):
+    with pytest.raises(BadInput, match=f"{name} needs calibration data"):
         apply(tiny_handle(), cfg(), None)
 
 
@@ -140,9 +140,9 @@ def test_bad_layers_refused_before_anything_changes(name):
     apply, cfg = METHODS[name]
     h = tiny_handle(hidden_size=48, intermediate_size=96, num_attention_heads=4)
     before = snapshot(h.model)
-    with pytest.raises(StageFailed, match=r"mask_structure 2:32 .* \(in_features 48\)"):
+    with pytest.raises(BadInput, match=r"mask_structure 2:32 .* \(in_features 48\)"):
         apply(h, cfg(mask_structure="2:32"), tiny_calibration(4, 32))
-    with pytest.raises(StageFailed, match="match no nn.Linear"):
+    with pytest.raises(BadInput, match="match no nn.Linear"):
         apply(h, cfg(targets=["Embedding"]), tiny_calibration(4, 32))
     assert unchanged(h.model, before)
 
@@ -150,7 +150,7 @@ def test_bad_layers_refused_before_anything_changes(name):
 @pytest.mark.parametrize("name", ["wanda", "sparsegpt"])
 def test_lm_head_target_refused(name):
     apply, cfg = METHODS[name]
-    with pytest.raises(StageFailed, match="outside.*lm_head"):
+    with pytest.raises(BadInput, match="outside.*lm_head"):
         apply(tiny_handle(), cfg(ignore=[]), tiny_calibration(4, 32))
 
 

@@ -7,7 +7,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from compress.errors import StageFailed
+from compress.errors import BadInput, ReleaseFailed
 from compress.methods import dynamic_int8, rtn
 from compress.methods.rtn import RTNConfig
 from compress.profile.memory import weight_bytes
@@ -124,7 +124,7 @@ def test_group_size_not_dividing_raises_and_changes_nothing():
     h = tiny_handle(hidden_size=48, intermediate_size=96, num_attention_heads=4)
     before = {k: v.clone() for k, v in h.model.state_dict().items()}
     types = {n: type(m) for n, m in h.model.named_modules()}
-    with pytest.raises(StageFailed) as ei:
+    with pytest.raises(BadInput) as ei:
         rtn.apply(h, RTNConfig(bits=4, group_size=32))
     msg = str(ei.value)
     assert "model.layers.0.self_attn.q_proj (in_features 48)" in msg
@@ -192,12 +192,12 @@ def test_low_bits_and_per_channel_sit_exactly_in_int4_containers(cfg):
 def test_per_channel_low_bits_refuse_layers_no_int4_group_divides():
     from torch import nn as tnn
 
-    from compress.errors import StageFailed
+    from compress.errors import BadInput
 
     h = tiny_handle()
     h.model.model.layers[0].mlp.down_proj = tnn.Linear(48, 64, bias=False)
     before = {k: v.clone() for k, v in h.model.state_dict().items()}
-    with pytest.raises(StageFailed, match="per-channel int4 is stored in int4 groups"):
+    with pytest.raises(BadInput, match="per-channel int4 is stored in int4 groups"):
         rtn.apply(h, RTNConfig(bits=4))
     after = h.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -214,12 +214,12 @@ def test_nan_weight_raises_naming_the_layer(cfg):
     h = tiny_handle()
     with torch.no_grad():
         h.model.model.layers[1].mlp.up_proj.weight[3, 5] = float("nan")
-    with pytest.raises(StageFailed, match=r"model\.layers\.1\.mlp\.up_proj"):
+    with pytest.raises(ReleaseFailed, match=r"model\.layers\.1\.mlp\.up_proj"):
         rtn.apply(h, cfg)
 
 
 def test_targets_without_linear_raise():
-    with pytest.raises(StageFailed, match="no nn.Linear"):
+    with pytest.raises(BadInput, match="no nn.Linear"):
         rtn.apply(tiny_handle(), RTNConfig(bits=8, targets=["LlamaRMSNorm"]))
 
 
@@ -237,7 +237,7 @@ def test_stages_with_different_dtypes_stay_runnable_or_refuse(second):
     fn, cfg = second
     try:
         fn(h, cfg)
-    except StageFailed:
+    except BadInput:
         return  # refusing the mix up front is an acceptable fix
     assert torch.isfinite(_logits(h)).all()
 
@@ -271,6 +271,6 @@ def test_dynamic_int8_per_tensor_runs():
 def test_dynamic_int8_off_cpu_raises_and_changes_nothing():
     h = tiny_handle()
     h.device = "cuda"
-    with pytest.raises(StageFailed, match="cuda"):
+    with pytest.raises(BadInput, match="cuda"):
         dynamic_int8.apply(h, dynamic_int8.DynamicInt8Config())
     assert not any(isinstance(m, DynamicInt8Linear) for m in h.model.modules())

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from compress.errors import StageFailed
+from compress.errors import BadInput
 from compress.handle import ModelHandle, ModelSource
 from compress.methods import dynamic_int8, rtn, smoothquant
 from compress.methods.calibrate import CalibrationData
@@ -206,14 +206,14 @@ def test_unknown_architecture_raises_naming_it():
     ).eval()
     h = ModelHandle(model, tiny_tokenizer(), ModelSource("tiny-opt", "local_dir"), "float32", "cpu")
     before = snapshot(model)
-    with pytest.raises(StageFailed, match=r"OPTForCausalLM.*opt"):
+    with pytest.raises(BadInput, match=r"OPTForCausalLM.*opt"):
         smoothquant.apply(h, SmoothQuantConfig(), CALIB)
     assert unchanged(model, before)
 
 
 def test_no_calibration_raises():
     h = tiny_handle()
-    with pytest.raises(StageFailed, match="calibration"):
+    with pytest.raises(BadInput, match="calibration"):
         smoothquant.apply(h, SmoothQuantConfig(), None)
 
 
@@ -221,7 +221,7 @@ def test_w8a8_on_a_device_without_int8_kernels_raises_and_changes_nothing():
     h = tiny_handle()
     h.device = "mps"
     before = snapshot(h.model)
-    with pytest.raises(StageFailed, match="cpu and cuda"):
+    with pytest.raises(BadInput, match="cpu and cuda"):
         smoothquant.apply(h, SmoothQuantConfig(), CALIB)
     assert unchanged(h.model, before)
 
@@ -229,7 +229,7 @@ def test_w8a8_on_a_device_without_int8_kernels_raises_and_changes_nothing():
 def test_after_quantization_refuses_to_rescale():
     h = tiny_handle()
     rtn.apply(h, rtn.RTNConfig(bits=4, group_size=32, targets=["re:.*k_proj"], ignore=[]))
-    with pytest.raises(StageFailed, match="already quantized"):
+    with pytest.raises(BadInput, match="already quantized"):
         smoothquant.apply(h, SmoothQuantConfig(w8a8=False), CALIB)
 
 
