@@ -118,7 +118,8 @@ def exchange_rate(
 ) -> tuple[float | None, list[float] | None]:
     """Percentage points of cost saved per 1 point of perplexity increase, and its joint
     >= 95% range from the four corners of the saving and loss intervals each at `level`.
-    (None, None) unless the saving and the (positive) loss are both significant at 95%."""
+    (None, None) unless the saving and the (positive) loss are both significant at `level`,
+    so that the range is bounded and of one sign."""
     saving, saving_ci = _saving(cost)
     if quality.ratio is None or not quality.ratio_ci95 or saving is None:
         return None, None
@@ -129,7 +130,10 @@ def exchange_rate(
     c_adj, q_adj = _ratio_ci_at(cost, level), _ratio_ci_at(quality, level)
     if c_adj is None or q_adj is None:
         return rate, None
-    return rate, stats.quotient_range([1 - c_adj[1], 1 - c_adj[0]], [q - 1 for q in q_adj])
+    s_adj, l_adj = [1 - c_adj[1], 1 - c_adj[0]], [q - 1 for q in q_adj]
+    if not (_excludes_zero(s_adj) and l_adj[0] > 0):  # a one-signed, bounded range or none
+        return None, None
+    return rate, stats.quotient_range(s_adj, l_adj)
 
 
 def _basis_text(basis: dict[str, Any], batch: int | None = None) -> str:
@@ -157,6 +161,11 @@ def _rate_text(rate, rate_ci, saving_ci, loss_ci) -> str:
         return f": {_num(rate)} percentage points of cost saved per 1% perplexity increase{rng}."
     if loss_ci is not None and loss_ci[0] > 0 and not _excludes_zero(saving_ci):
         return ": the cost change is not significant, so no exchange rate."
+    if loss_ci is not None and loss_ci[0] > 0:
+        return (
+            f": no exchange rate, the saving and the loss are not both significant at the "
+            f"{RATE_LEVEL:.1%} level each that a joint 95% range needs."
+        )
     return "."
 
 

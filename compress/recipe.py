@@ -77,7 +77,7 @@ class ProfileConfig(Strict):
     pairs: int = Field(
         5, ge=2, description="rounds of fresh processes (one per model each): the n of a ratio"
     )
-    quick_pairs: int = Field(3, ge=2, description="rounds under --quick")
+    quick_pairs: int = Field(4, ge=2, description="rounds under --quick")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; default all cores")
     power_watts: float | None = Field(
         None,
