@@ -111,8 +111,9 @@ def merge_processes(processes: list[dict[str, Any]], rounds: int) -> list[dict[s
         if exact and len(set(vals)) == 1:
             merged.append(dict(first))
             continue
+        per = first["method"].replace("; single reading, no interval", "").rstrip(". ")
         how = (
-            f"per process: {first['method'].rstrip('. ')}. Across {len(vals)} fresh processes "
+            f"per process: {per}. Across {len(vals)} fresh processes "
             f"(interleaved with the other models' over {rounds} rounds): geometric mean"
         )
         if min(vals) <= 0:

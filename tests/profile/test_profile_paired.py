@@ -63,10 +63,10 @@ def test_paired_ratio_cancels_drift_and_is_consistent():
     assert isinstance(p, stats.Paired) and p.scale == "log" and len(p.base) == 4
     # with the order reversed every round, drift hits both arms nearly alike: the paired
     # ratio stays close to the true 2.5 although the speeds fell by up to 40% meanwhile
-    ratio = math.exp(sum(math.log(c / b) for b, c in zip(p.base, p.comp)) / 4)
+    ratio = math.exp(sum(math.log(c / b) for b, c in zip(p.base, p.comp, strict=True)) / 4)
     assert ratio == pytest.approx(2.5, rel=0.03)
     lat = res["paired"]["compressed"]["decode.latency_ms_per_token"]
-    lat_ratio = math.exp(sum(math.log(c / b) for b, c in zip(lat.base, lat.comp)) / 4)
+    lat_ratio = math.exp(sum(math.log(c / b) for b, c in zip(lat.base, lat.comp, strict=True)) / 4)
     assert lat_ratio == pytest.approx(1 / ratio)  # reciprocal, exactly
     assert "weights.bytes" not in res["paired"]["compressed"]  # counts are not paired samples
     assert res["context"]["compressed"]["processes"][0]["decode_step_ms"] == {"1": [1.0]}

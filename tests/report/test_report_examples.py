@@ -30,5 +30,16 @@ def test_example_validates_and_rerenders(path):
     report = Report.model_validate(data)
     # the cost section always has the saving with its interval; an exchange rate only when
     # the saving and the perplexity increase are both significant
-    assert report.exit_code == 0 and report.cost is not None and report.cost.cost_saving_ci95
+    from compress.gate import exit_code
+
+    # a real run on some host: its exit code is the one its gate results imply
+    assert report.exit_code == exit_code(report.gates)
+    assert report.cost is not None and report.cost.cost_saving_ci95
     assert render(report) == (path.parent / "report.md").read_text()
+
+
+def test_readme_numbers_are_generated_from_the_committed_reports():
+    """README's results table is `python -m compress.report.readme` output: no drift."""
+    from compress.report.readme import main
+
+    assert main(["--root", str(REPO), "--check"]) == 0
