@@ -40,7 +40,7 @@ def build(tmp: Path) -> dict[str, tuple[str, str, dict | None]]:
     import copy
 
     from compress import models
-    from compress.methods import get_apply
+    from compress.methods import run_stage
     from compress.profile.kernels import choose_policy
     from compress.quant.serialize import save_compressed
     from compress.recipe import load_recipe
@@ -52,7 +52,7 @@ def build(tmp: Path) -> dict[str, tuple[str, str, dict | None]]:
         h = copy.copy(base)
         h.model, h.stages = copy.deepcopy(base.model), []
         for stage in recipe.stages:
-            h.stages.append(get_apply(stage.method)(h, stage, None))
+            h.stages.append(run_stage(h, stage).model_dump(mode="json"))
         folder = save_compressed(h, tmp / name)
         policy = choose_policy(h.model, prompt_tokens=128, batch_sizes=[1, 8])
         out[name] = (str(folder), h.dtype, policy)

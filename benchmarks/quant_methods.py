@@ -79,7 +79,7 @@ def stage_configs(stages: list[dict]):
 def apply_variant(base, stages, calib):
     """Deep-copy the baseline and run the stages; returns (handle, seconds, peak RSS delta)."""
     from compress.handle import ModelHandle
-    from compress.methods import get_apply
+    from compress.methods import run_stage
     from compress.profile.memory import RssSampler, current_rss
 
     h = ModelHandle(
@@ -94,8 +94,11 @@ def apply_variant(base, stages, calib):
     t0 = time.perf_counter()
     with RssSampler() as rss:
         for cfg in stage_configs(stages):
+            rec = run_stage(h, cfg, calib)
             h.stages.append(
-                dict(get_apply(cfg.method)(h, cfg, calib), config=cfg.model_dump(mode="json"))
+                rec.model_copy(update={"config": cfg.model_dump(mode="json")}).model_dump(
+                    mode="json"
+                )
             )
     return h, time.perf_counter() - t0, max(rss.peak - before, 0)
 

@@ -91,8 +91,6 @@ def _run(
     from compress.cost import cost_measurements, summarize
     from compress.evaluate.perplexity import evaluate_perplexity
     from compress.gate import check, exit_code
-    from compress.methods import get_apply, needs_calibration
-    from compress.methods.calibrate import load_calibration
     from compress.profile.memory import dir_bytes, weight_bytes
     from compress.profile.paired import Arm, profile_paired
     from compress.quant.serialize import save_compressed
@@ -130,17 +128,7 @@ def _run(
         dtype=base.dtype,
         device=device,
     )
-    calib = None
-    if any(needs_calibration(s) for s in recipe.stages):
-        calib = load_calibration(base.tokenizer, recipe.calibration, data_dir)
-        data.append(calib.provenance)
-    for i, stage in enumerate(recipe.stages):
-        log.info("stage %d: %s", i, stage.method)
-        name = f"compress: stages.{i} ({stage.method})"
-        with stage_errors(name):  # a crash: exit 4 naming the stage; BadInput stays 2
-            record = get_apply(stage.method)(comp, stage, calib)
-            check_finite_output(comp, stage=name)  # NaN/inf output: exit 1 naming the stage
-        comp.stages.append(dict(record, config=stage.model_dump(mode="json")))
+    _compress(recipe, base, comp, run_dir, device, data_dir, data)
     model_dir = save_compressed(comp, run_dir / "model")
     policy = _kernel_policy(comp, recipe.profile, device)
 
@@ -271,6 +259,52 @@ def _run(
     atomic_write_text(run_dir / "report.json", report.model_dump_json(indent=2))
     atomic_write_text(run_dir / "report.md", render(report))
     return report
+
+
+def _compress(
+    recipe: Recipe,
+    base: ModelHandle,
+    comp: ModelHandle,
+    run_dir: Path,
+    device: str,
+    data_dir: str | None,
+    data: list[dict],
+) -> None:
+    """Run the recipe's stages on `comp` through the stage contract; records land in
+    `comp.stages` (weights bytes around each stage measured here, not claimed)."""
+    from compress.methods import METHODS, StageContext, needs_calibration
+    from compress.methods.calibrate import load_calibration
+    from compress.profile.memory import weight_bytes
+
+    calib_holder: dict = {}
+
+    def calibration():  # loaded once, on first use by a stage that needs it
+        if "set" not in calib_holder:
+            calib_holder["set"] = load_calibration(base.tokenizer, recipe.calibration, data_dir)
+            data.append(calib_holder["set"].provenance)
+        return calib_holder["set"]
+
+    ctx = StageContext(
+        model=comp,
+        baseline=base,
+        device=device,
+        seed=recipe.seed,
+        scratch_dir=run_dir / ".scratch",
+        calibration_loader=calibration
+        if any(needs_calibration(s) for s in recipe.stages)
+        else None,
+    )
+    for i, stage in enumerate(recipe.stages):
+        log.info("stage %d: %s", i, stage.method)
+        name = f"compress: stages.{i} ({stage.method})"
+        before = weight_bytes(comp.model)
+        with stage_errors(name):  # a crash: exit 4 naming the stage; BadInput stays 2
+            record = METHODS[stage.method].apply(ctx, stage)
+            check_finite_output(comp, stage=name)  # NaN/inf output: exit 1 naming the stage
+        record = record.measured(before, weight_bytes(comp.model))
+        config = stage.model_dump(mode="json")
+        comp.stages.append(record.model_copy(update={"config": config}).model_dump(mode="json"))
+    shutil.rmtree(run_dir / ".scratch", ignore_errors=True)
 
 
 def _baseline_for_timing(base: ModelHandle, run_dir: Path) -> Path | None:

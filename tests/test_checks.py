@@ -7,6 +7,7 @@ import torch
 
 from compress.checks import PROBE_TEXT, PROBE_TOKENS, check_finite_output, probe_ids, probe_output
 from compress.errors import ReleaseFailed
+from compress.methods import run_stage
 from compress.testing import tiny_handle
 
 
@@ -54,11 +55,10 @@ def test_onnxruntime_model_is_probed_too():
     """ONNX Runtime models accept `model(input_ids=..., use_cache=False)`: no runtime skips."""
     for mod in ("onnx", "onnxruntime", "onnxscript"):
         pytest.importorskip(mod)
-    from compress.methods import onnx_int8
     from compress.methods.onnx_int8 import OnnxInt8Config
 
     handle = tiny_handle()
-    onnx_int8.apply(handle, OnnxInt8Config())
+    run_stage(handle, OnnxInt8Config())
     assert handle.runtime == "onnxruntime"
     out = probe_output(handle)
     assert out.shape == (1, PROBE_TOKENS, 128) and bool(torch.isfinite(out).all())

@@ -242,15 +242,19 @@ def _failure(run_dir: Path) -> dict:
 
 def _second_rtn_call(monkeypatch, second):
     """Let stages.0 (rtn) run for real and replace what stages.1 (rtn) does with `second`."""
-    from compress.methods import rtn
+    import dataclasses
 
-    real, calls = rtn.apply, []
+    from compress.methods import METHODS
 
-    def fake(handle, cfg, calib=None):
+    real, calls = METHODS["rtn"], []
+
+    def fake(ctx, cfg):
         calls.append(cfg)
-        return real(handle, cfg, calib) if len(calls) == 1 else second(handle, cfg, calib)
+        if len(calls) == 1:
+            return real.apply(ctx, cfg)
+        return second(ctx.model, cfg, ctx.calibration())
 
-    monkeypatch.setattr(rtn, "apply", fake)
+    monkeypatch.setitem(METHODS, "rtn", dataclasses.replace(real, apply=fake))
 
 
 def test_stage_crash_exits_4_naming_the_stage(tmp_path, tiny_model_dir, tiny_data_dir, monkeypatch):
@@ -272,10 +276,12 @@ def test_stage_producing_nan_is_a_failed_release_exit_1(
 ):
     import torch
 
+    from compress.methods import StageRecord
+
     def poison(handle, cfg, calib):
         with torch.no_grad():
             handle.model.model.norm.weight.fill_(float("nan"))
-        return {"method": "rtn", "notes": []}
+        return StageRecord(method="rtn")
 
     _second_rtn_call(monkeypatch, poison)
     res, run_dir = _apply_tiny(tmp_path, tiny_model_dir, tiny_data_dir)
@@ -501,7 +507,13 @@ def test_pruning_recipe_composes_and_reports_what_it_saved(tmp_path, tiny_model_
     assert res.exit_code == 0, res.output
     data = json.loads(next((out / "tiny-prune").iterdir()).joinpath("report.json").read_text())
     prune, quant = data["compressed"]["stages"]
-    assert prune["method"] == "sparsegpt" and prune["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert prune["method"] == "sparsegpt"
+    assert prune["details"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    # the stage contract: bytes around each stage measured by the pipeline, not claimed
+    assert prune["bytes_before"] == prune["bytes_after"] and prune["saves_memory"] is False
+    assert prune["saves_time"] is False and prune["config"]["mask_structure"] == "2:4"
+    assert quant["bytes_after"] < quant["bytes_before"] == prune["bytes_after"]
+    assert quant["saves_memory"] is True
     assert "saves no memory and no time" in " ".join(prune["notes"])
     assert any(n.startswith("preserve_zeros: the 50.") for n in quant["notes"])
     by = {c["metric"]: c for c in data["comparisons"]}

@@ -1,50 +1,41 @@
-"""The METHODS table: one line per method. Configs import no torch; `apply` functions import
-their heavy dependencies when called, so `compress validate` and `--help` stay light."""
+"""Compression methods, one module each, found and registered at import.
+
+Every module here that is not shared plumbing (`SUPPORT`) is a method: it defines its config
+and registers its `apply` with `@register(Config)` (see `registry.py` for the contract).
+Configs import no torch; `apply` functions import their heavy dependencies when called, so
+`compress validate` and `--help` stay light.
+"""
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from typing import Annotated, Any
+import pkgutil
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import Field
 
-from compress.methods.awq import AWQConfig
-from compress.methods.bnb import BnbConfig
-from compress.methods.dynamic_int8 import DynamicInt8Config
-from compress.methods.gptq import GPTQConfig
-from compress.methods.magnitude import MagnitudeConfig
-from compress.methods.onnx_int8 import OnnxInt8Config
-from compress.methods.rtn import RTNConfig
-from compress.methods.smoothquant import SmoothQuantConfig
-from compress.methods.sparsegpt import SparseGPTConfig
-from compress.methods.wanda import WandaConfig
+from compress.methods.registry import (
+    Method,
+    StageContext,
+    StageRecord,
+    registered,
+)
 
-#: method name -> (config class, module holding `apply(handle, config, calibration)`)
-METHODS: dict[str, tuple[type, str]] = {
-    "rtn": (RTNConfig, "compress.methods.rtn"),
-    "dynamic_int8": (DynamicInt8Config, "compress.methods.dynamic_int8"),
-    "gptq": (GPTQConfig, "compress.methods.gptq"),
-    "awq": (AWQConfig, "compress.methods.awq"),
-    "smoothquant": (SmoothQuantConfig, "compress.methods.smoothquant"),
-    "bnb": (BnbConfig, "compress.methods.bnb"),
-    "onnx_int8": (OnnxInt8Config, "compress.methods.onnx_int8"),
-    "magnitude": (MagnitudeConfig, "compress.methods.magnitude"),
-    "wanda": (WandaConfig, "compress.methods.wanda"),
-    "sparsegpt": (SparseGPTConfig, "compress.methods.sparsegpt"),
-}
+if TYPE_CHECKING:
+    from compress.handle import ModelHandle
 
+#: modules of this package that are shared plumbing, not methods
+SUPPORT = frozenset({"registry", "calibrate", "layerwise", "mappings", "targets", "pruning"})
+
+for _info in pkgutil.iter_modules(__path__):
+    if not _info.name.startswith("_") and _info.name not in SUPPORT:
+        importlib.import_module(f"{__name__}.{_info.name}")
+
+METHODS: dict[str, Method] = registered()
+
+#: the discriminated union of every registered method's config (what `stages:` holds)
 StageConfig = Annotated[
-    RTNConfig
-    | DynamicInt8Config
-    | GPTQConfig
-    | AWQConfig
-    | SmoothQuantConfig
-    | BnbConfig
-    | OnnxInt8Config
-    | MagnitudeConfig
-    | WandaConfig
-    | SparseGPTConfig,
+    Union[tuple(m.config for m in METHODS.values())],  # noqa: UP007 (built at runtime)
     Field(discriminator="method"),
 ]
 
@@ -55,12 +46,40 @@ def method_names() -> list[str]:
 
 def config_class(name: str) -> type | None:
     entry = METHODS.get(name)
-    return entry[0] if entry else None
-
-
-def get_apply(name: str) -> Callable[..., dict[str, Any]]:
-    return importlib.import_module(METHODS[name][1]).apply
+    return entry.config if entry else None
 
 
 def needs_calibration(config: Any) -> bool:
     return bool(getattr(config, "needs_calibration", False))
+
+
+def run_stage(
+    handle: ModelHandle,
+    config: Any,
+    calibration: Any = None,
+    *,
+    baseline: ModelHandle | None = None,
+    **context: Any,
+) -> StageRecord:
+    """Run one stage on `handle` outside a pipeline (tests, benchmarks, notebooks)."""
+    ctx = StageContext(
+        model=handle,
+        baseline=baseline,
+        device=str(getattr(handle, "device", "cpu")),
+        calibration_loader=(lambda: calibration) if calibration is not None else None,
+        **context,
+    )
+    return METHODS[config.method].apply(ctx, config)
+
+
+__all__ = [
+    "METHODS",
+    "Method",
+    "StageConfig",
+    "StageContext",
+    "StageRecord",
+    "config_class",
+    "method_names",
+    "needs_calibration",
+    "run_stage",
+]

@@ -23,14 +23,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from compress._config import INT4_GROUP_SIZES, StageBase
-
-if TYPE_CHECKING:
-    from compress.handle import ModelHandle
+from compress.methods.registry import StageContext, StageRecord, register
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +96,9 @@ class _StreamStats:
         return self.h / max(self.rows, 1)
 
 
-def apply(handle: ModelHandle, cfg: AWQConfig, calibration=None) -> dict:
+@register(AWQConfig)
+def apply(ctx: StageContext, cfg: AWQConfig) -> StageRecord:
+    handle, calibration = ctx.model, ctx.calibration()
     import torch
 
     from compress.errors import ReleaseFailed
@@ -194,7 +194,7 @@ def apply(handle: ModelHandle, cfg: AWQConfig, calibration=None) -> dict:
         from compress.methods import rtn
 
         info = rtn.apply(
-            handle,
+            ctx,
             rtn.RTNConfig(
                 bits=4,
                 group_size=cfg.group_size,
@@ -205,7 +205,7 @@ def apply(handle: ModelHandle, cfg: AWQConfig, calibration=None) -> dict:
             ),
         )
         notes.append(f"{', '.join(plan.outside)}: outside the decoder layers, plain RTN int4")
-        notes += [n for n in info["notes"] if "float parts" not in n]
+        notes += [n for n in info.notes if "float parts" not in n]
     cast_float_parts(model, dtype)
     handle.dtype = cfg.compute_dtype
     alphas = [a for r in records for a in r.get("alpha", {}).values()]
@@ -227,16 +227,16 @@ def apply(handle: ModelHandle, cfg: AWQConfig, calibration=None) -> dict:
             "loses relative precision there"
         )
     grid = "symmetric" if cfg.symmetric else "asymmetric (min/max, float zero)"
-    return {
-        "method": "awq",
-        "summary": f"AWQ int4 {grid}, group {cfg.group_size}, {len(chosen)} Linear layers "
+    return StageRecord.make(
+        method="awq",
+        summary=f"AWQ int4 {grid}, group {cfg.group_size}, {len(chosen)} Linear layers "
         f"({n_params / 1e6:.1f}M weights), {calibration.input_ids.shape[0]} x "
         f"{calibration.input_ids.shape[1]} calibration tokens",
-        "layers": len(chosen),
-        "weights_quantized": n_params,
-        "kernel": weight_only_kernel(4, handle.device, dtype),
-        "compute_dtype": cfg.compute_dtype,
-        "notes": notes,
-        "seconds": time.perf_counter() - t0,
-        "per_layer": [r for r in records if r],
-    }
+        layers=len(chosen),
+        weights_quantized=n_params,
+        kernel=weight_only_kernel(4, handle.device, dtype),
+        compute_dtype=cfg.compute_dtype,
+        notes=notes,
+        seconds=time.perf_counter() - t0,
+        per_layer=[r for r in records if r],
+    )

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import Field
 
 from compress._config import StageBase
-
-if TYPE_CHECKING:
-    from compress.handle import ModelHandle
+from compress.methods.registry import StageContext, StageRecord, register
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +58,9 @@ def _tied_embedding(model, lm_head):
     return None
 
 
-def apply(handle: ModelHandle, cfg: BnbConfig, calibration=None) -> dict:
+@register(BnbConfig)
+def apply(ctx: StageContext, cfg: BnbConfig) -> StageRecord:
+    handle = ctx.model
     import torch
     from tqdm.auto import tqdm
 
@@ -166,16 +166,16 @@ def apply(handle: ModelHandle, cfg: BnbConfig, calibration=None) -> dict:
         else f"LLM.int8 threshold {cfg.threshold:g}"
     )
     log.info("bnb %s: %d layers on %s (%s)", cfg.quant_type, len(chosen), device, layouts)
-    return {
-        "method": "bnb",
-        "summary": f"bitsandbytes {desc}, {len(chosen)} Linear layers "
+    return StageRecord.make(
+        method="bnb",
+        summary=f"bitsandbytes {desc}, {len(chosen)} Linear layers "
         f"({n_params / 1e6:.1f}M weights) on {device.type}",
-        "layers": len(chosen),
-        "weights_quantized": n_params,
-        "kernel": kernel,
-        "layout": layouts,
-        "compute_dtype": cfg.compute_dtype,
-        "bitsandbytes": getattr(bnb, "__version__", "?"),
-        "notes": notes,
-        "seconds": time.perf_counter() - t0,
-    }
+        layers=len(chosen),
+        weights_quantized=n_params,
+        kernel=kernel,
+        layout=layouts,
+        compute_dtype=cfg.compute_dtype,
+        bitsandbytes=getattr(bnb, "__version__", "?"),
+        notes=notes,
+        seconds=time.perf_counter() - t0,
+    )

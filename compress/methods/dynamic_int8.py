@@ -8,14 +8,12 @@ activations get ONE scale per tensor, which costs quality on models with activat
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import Field
 
 from compress._config import StageBase
-
-if TYPE_CHECKING:
-    from compress.handle import ModelHandle
+from compress.methods.registry import StageContext, StageRecord, register
 
 
 class DynamicInt8Config(StageBase):
@@ -23,7 +21,9 @@ class DynamicInt8Config(StageBase):
     per_channel: bool = Field(True, description="one weight scale per output channel")
 
 
-def apply(handle: ModelHandle, cfg: DynamicInt8Config, calibration=None) -> dict:
+@register(DynamicInt8Config)
+def apply(ctx: StageContext, cfg: DynamicInt8Config) -> StageRecord:
+    handle = ctx.model
     import torch
     from tqdm.auto import tqdm
 
@@ -49,14 +49,14 @@ def apply(handle: ModelHandle, cfg: DynamicInt8Config, calibration=None) -> dict
     lm_head = getattr(model, "get_output_embeddings", lambda: None)()
     if lm_head is not None and isinstance(lm_head, DynamicInt8Linear):
         notes.append("lm_head untied from the input embedding, which stays float32")
-    return {
-        "method": "dynamic_int8",
-        "summary": f"W8A8 dynamic, {'per-channel' if cfg.per_channel else 'per-tensor'} weights, "
+    return StageRecord.make(
+        method="dynamic_int8",
+        summary=f"W8A8 dynamic, {'per-channel' if cfg.per_channel else 'per-tensor'} weights, "
         f"{len(chosen)} Linear layers ({n_params / 1e6:.1f}M weights)",
-        "layers": len(chosen),
-        "weights_quantized": n_params,
-        "kernel": "torch.ao quantized::linear_dynamic (fbgemm)",
-        "compute_dtype": "float32",
-        "notes": notes,
-        "seconds": time.perf_counter() - t0,
-    }
+        layers=len(chosen),
+        weights_quantized=n_params,
+        kernel="torch.ao quantized::linear_dynamic (fbgemm)",
+        compute_dtype="float32",
+        notes=notes,
+        seconds=time.perf_counter() - t0,
+    )

@@ -16,14 +16,12 @@ dtype; the packed int4/int8 modules are swapped in after the last layer. Math in
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from compress._config import StageBase, check_weight_grid
-
-if TYPE_CHECKING:
-    from compress.handle import ModelHandle
+from compress.methods.registry import StageContext, StageRecord, register
 
 
 class GPTQConfig(StageBase):
@@ -65,7 +63,9 @@ class GPTQConfig(StageBase):
         return self
 
 
-def apply(handle: ModelHandle, cfg: GPTQConfig, calibration=None) -> dict:
+@register(GPTQConfig)
+def apply(ctx: StageContext, cfg: GPTQConfig) -> StageRecord:
+    handle, calibration = ctx.model, ctx.calibration()
     import torch
     from torch import nn
 
@@ -181,20 +181,21 @@ def apply(handle: ModelHandle, cfg: GPTQConfig, calibration=None) -> dict:
         )
     notes += container_notes(cfg.bits, cfg.group_size)
     notes.append(f"float parts of the model now compute in {cfg.compute_dtype}")
-    return {
-        "method": "gptq",
-        "summary": f"gptq int{cfg.bits} {grid}, {layout}"
+    return StageRecord.make(
+        method="gptq",
+        summary=f"gptq int{cfg.bits} {grid}, {layout}"
         + (", act_order (static groups)" if static else ", act_order" if cfg.act_order else "")
         + f", {len(chosen)} Linear layers ({n_params / 1e6:.1f}M weights)",
-        "layers": len(chosen),
-        "weights_quantized": n_params,
-        "kernel": weight_only_kernel(cfg.bits, handle.device, dtype),
-        "compute_dtype": cfg.compute_dtype,
-        "static_groups": static,
-        "output_error": layerwise.error_summary(
-            errors, "relative layer output error ||X(W - W_q)^T||^2 / ||X W^T||^2 on calibration"
+        layers=len(chosen),
+        weights_quantized=n_params,
+        kernel=weight_only_kernel(cfg.bits, handle.device, dtype),
+        compute_dtype=cfg.compute_dtype,
+        static_groups=static,
+        output_error=layerwise.error_summary(
+            errors,
+            "relative layer output error ||X(W - W_q)^T||^2 / ||X W^T||^2 on calibration",
         ),
-        "notes": notes,
-        "seconds": time.perf_counter() - t0,
-        "per_layer_seconds": per_layer,
-    }
+        notes=notes,
+        seconds=time.perf_counter() - t0,
+        per_layer_seconds=per_layer,
+    )

@@ -4,19 +4,19 @@ the baseline that Wanda and SparseGPT must beat."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from compress.methods.pruning import PruneBase
-
-if TYPE_CHECKING:
-    from compress.handle import ModelHandle
+from compress.methods.registry import StageContext, StageRecord, register
 
 
 class MagnitudeConfig(PruneBase):
     method: Literal["magnitude"] = "magnitude"
 
 
-def apply(handle: ModelHandle, cfg: MagnitudeConfig, calibration=None) -> dict:
+@register(MagnitudeConfig)
+def apply(ctx: StageContext, cfg: MagnitudeConfig) -> StageRecord:
+    handle = ctx.model
     import torch
 
     from compress.methods.pruning import prunable, record

@@ -32,14 +32,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from compress._config import StageBase
-
-if TYPE_CHECKING:
-    from compress.handle import ModelHandle
+from compress.methods.registry import StageContext, StageRecord, register
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +91,9 @@ def require_package(module: str):
         ) from None
 
 
-def apply(handle: ModelHandle, cfg: OnnxInt8Config, calibration=None) -> dict:
+@register(OnnxInt8Config)
+def apply(ctx: StageContext, cfg: OnnxInt8Config) -> StageRecord:
+    handle = ctx.model
     import torch
 
     from compress.errors import BadInput, StageFailed
@@ -232,19 +232,19 @@ def apply(handle: ModelHandle, cfg: OnnxInt8Config, calibration=None) -> dict:
     ]
     if kv_cache:
         notes.append("exported with a KV cache: decode feeds one token and the past key/values")
-    return {
-        "method": "onnx_int8",
-        "summary": f"ONNX Runtime {cfg.kernel} int8: {grid}, {len(found)} MatMul nodes "
+    return StageRecord.make(
+        method="onnx_int8",
+        summary=f"ONNX Runtime {cfg.kernel} int8: {grid}, {len(found)} MatMul nodes "
         f"({n_params / 1e6:.1f}M weights), {'with' if kv_cache else 'WITHOUT'} KV cache",
-        "layers": len(found),
-        "weights_quantized": n_params,
-        "kernel": f"onnxruntime {ort.__version__} {ops} ({wrapper.providers[0]})",
-        "compute_dtype": "float32",
-        "runtime": runtime,
-        "kv_cache": kv_cache,
-        "export_seconds": export_s,
-        "quantize_seconds": quant_s,
-        "onnx_bytes": len(data),
-        "notes": notes,
-        "seconds": time.perf_counter() - t0,
-    }
+        layers=len(found),
+        weights_quantized=n_params,
+        kernel=f"onnxruntime {ort.__version__} {ops} ({wrapper.providers[0]})",
+        compute_dtype="float32",
+        runtime=runtime,
+        kv_cache=kv_cache,
+        export_seconds=export_s,
+        quantize_seconds=quant_s,
+        onnx_bytes=len(data),
+        notes=notes,
+        seconds=time.perf_counter() - t0,
+    )

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, field_validator, model_validator
 
 from compress._config import StageBase
+from compress.methods.registry import StageRecord
 
 if TYPE_CHECKING:
     from torch import nn
@@ -128,7 +129,7 @@ def record(
     device: str,
     seconds: float,
     **extra,
-) -> dict:
+) -> StageRecord:
     """The stage record: sparsity reached (counted on the weights), and in words what it saves."""
     zeros = sum(int((m.weight == 0).sum()) for m in chosen.values())
     total = sum(m.weight.numel() for m in chosen.values())
@@ -150,17 +151,18 @@ def record(
     dtype = cfg.compute_dtype
     if dtype:
         notes.append(f"float parts of the model now compute in {dtype}")
-    return {
-        "method": method,
-        "summary": f"{method} {cfg.describe()}, {len(chosen)} Linear layers "
+    return StageRecord.make(
+        method=method,
+        summary=f"{method} {cfg.describe()}, {len(chosen)} Linear layers "
         f"({total / 1e6:.1f}M weights, {100 * zeros / total:.1f}% zero)",
-        "layers": len(chosen),
-        "weights_pruned": zeros,
-        "sparsity": zeros / total,
-        "target_sparsity": cfg.target_sparsity,
-        "mask_structure": cfg.mask_structure,
-        **({"compute_dtype": dtype} if dtype else {}),
-        "notes": notes,
-        "seconds": seconds,
+        saves_time=False,
+        layers=len(chosen),
+        weights_pruned=zeros,
+        sparsity=zeros / total,
+        target_sparsity=cfg.target_sparsity,
+        mask_structure=cfg.mask_structure,
+        compute_dtype=dtype or None,
+        notes=notes,
+        seconds=seconds,
         **extra,
-    }
+    )

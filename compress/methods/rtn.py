@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from compress._config import StageBase, check_weight_grid
-
-if TYPE_CHECKING:
-    from compress.handle import ModelHandle
+from compress.methods.registry import StageContext, StageRecord, register
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +45,9 @@ def _tied_embedding(model, lm_head):
     return None
 
 
-def apply(handle: ModelHandle, cfg: RTNConfig, calibration=None) -> dict:
+@register(RTNConfig)
+def apply(ctx: StageContext, cfg: RTNConfig) -> StageRecord:
+    handle = ctx.model
     import torch
     from tqdm.auto import tqdm
 
@@ -99,15 +99,15 @@ def apply(handle: ModelHandle, cfg: RTNConfig, calibration=None) -> dict:
     handle.dtype = cfg.compute_dtype
     kernel = weight_only_kernel(cfg.bits, handle.device, dtype)
     grid = "symmetric" if cfg.symmetric else "asymmetric (min/max, float zero)"
-    return {
-        "method": "rtn",
-        "summary": f"int{cfg.bits} {grid}, "
+    return StageRecord.make(
+        method="rtn",
+        summary=f"int{cfg.bits} {grid}, "
         + (f"group {cfg.group_size}" if cfg.group_size else "per channel")
         + f", {len(chosen)} Linear layers ({n_params / 1e6:.1f}M weights)",
-        "layers": len(chosen),
-        "weights_quantized": n_params,
-        "kernel": kernel,
-        "compute_dtype": cfg.compute_dtype,
-        "notes": notes + [f"float parts of the model now compute in {cfg.compute_dtype}"],
-        "seconds": time.perf_counter() - t0,
-    }
+        layers=len(chosen),
+        weights_quantized=n_params,
+        kernel=kernel,
+        compute_dtype=cfg.compute_dtype,
+        notes=notes + [f"float parts of the model now compute in {cfg.compute_dtype}"],
+        seconds=time.perf_counter() - t0,
+    )

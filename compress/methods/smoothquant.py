@@ -20,14 +20,12 @@ Targeted linears outside the decoder layers (lm_head when not ignored) are quant
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from compress._config import StageBase
-
-if TYPE_CHECKING:
-    from compress.handle import ModelHandle
+from compress.methods.registry import StageContext, StageRecord, register
 
 
 class SmoothQuantConfig(StageBase):
@@ -48,7 +46,9 @@ class _AbsMax:
         self.value = m if self.value is None else self.value.maximum(m)
 
 
-def apply(handle: ModelHandle, cfg: SmoothQuantConfig, calibration=None) -> dict:
+@register(SmoothQuantConfig)
+def apply(ctx: StageContext, cfg: SmoothQuantConfig) -> StageRecord:
+    handle, calibration = ctx.model, ctx.calibration()
     import torch
 
     from compress.errors import BadInput
@@ -156,15 +156,15 @@ def apply(handle: ModelHandle, cfg: SmoothQuantConfig, calibration=None) -> dict
         if cfg.w8a8
         else "smoothing only (float weights)"
     )
-    return {
-        "method": "smoothquant",
-        "summary": f"SmoothQuant alpha {cfg.alpha}, {what}, {len(chosen)} Linear layers "
+    return StageRecord.make(
+        method="smoothquant",
+        summary=f"SmoothQuant alpha {cfg.alpha}, {what}, {len(chosen)} Linear layers "
         f"({n_params / 1e6:.1f}M weights)",
-        "layers": len(chosen),
-        "weights_quantized": n_params if cfg.w8a8 else 0,
-        "kernel": kernel if cfg.w8a8 else "none (float)",
-        "compute_dtype": handle.dtype,
-        "notes": notes,
-        "seconds": time.perf_counter() - t0,
-        "per_layer": [r for r in records if r],
-    }
+        layers=len(chosen),
+        weights_quantized=n_params if cfg.w8a8 else 0,
+        kernel=kernel if cfg.w8a8 else "none (float)",
+        compute_dtype=handle.dtype,
+        notes=notes,
+        seconds=time.perf_counter() - t0,
+        per_layer=[r for r in records if r],
+    )

@@ -10,14 +10,12 @@ the pruned weights before the next layer.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from compress.methods.pruning import PruneBase
-
-if TYPE_CHECKING:
-    from compress.handle import ModelHandle
+from compress.methods.registry import StageContext, StageRecord, register
 
 
 class SparseGPTConfig(PruneBase):
@@ -29,7 +27,9 @@ class SparseGPTConfig(PruneBase):
     true_sequential: bool = True
 
 
-def apply(handle: ModelHandle, cfg: SparseGPTConfig, calibration=None) -> dict:
+@register(SparseGPTConfig)
+def apply(ctx: StageContext, cfg: SparseGPTConfig) -> StageRecord:
+    handle, calibration = ctx.model, ctx.calibration()
     import torch
 
     from compress.errors import ReleaseFailed, StageFailed

@@ -10,14 +10,12 @@ after the earlier groups of the layer are pruned. No weight update: masks only.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from compress.methods.pruning import PruneBase
-
-if TYPE_CHECKING:
-    from compress.handle import ModelHandle
+from compress.methods.registry import StageContext, StageRecord, register
 
 
 class WandaConfig(PruneBase):
@@ -27,7 +25,9 @@ class WandaConfig(PruneBase):
     true_sequential: bool = False
 
 
-def apply(handle: ModelHandle, cfg: WandaConfig, calibration=None) -> dict:
+@register(WandaConfig)
+def apply(ctx: StageContext, cfg: WandaConfig) -> StageRecord:
+    handle, calibration = ctx.model, ctx.calibration()
     import torch
 
     from compress.methods import layerwise

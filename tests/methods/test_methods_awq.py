@@ -9,7 +9,7 @@ from torch import nn
 
 from compress.errors import BadInput
 from compress.handle import ModelHandle, ModelSource
-from compress.methods import awq, rtn
+from compress.methods import rtn, run_stage
 from compress.methods.awq import AWQConfig
 from compress.methods.calibrate import CalibrationData
 from compress.profile.memory import weight_bytes
@@ -79,7 +79,7 @@ def reference():
 @pytest.fixture(scope="module")
 def awq_g32():
     h = tiny_handle(**SPREAD)
-    info = awq.apply(h, AWQConfig(group_size=32), CALIB)
+    info = run_stage(h, AWQConfig(group_size=32), CALIB)
     return h, info
 
 
@@ -89,16 +89,22 @@ def test_awq_replaces_decoder_linears_with_int4(awq_g32, reference):
     assert all(isinstance(m.get_submodule(n), Int4Linear) for n in DECODER)
     assert isinstance(m.lm_head, nn.Linear)  # ignored by default, still tied
     assert m.lm_head.weight is m.model.embed_tokens.weight
-    assert info["method"] == "awq" and info["layers"] == len(DECODER) == 14
-    assert info["weights_quantized"] == sum(m_.weight.numel() for m_ in _linears(tiny_handle()))
-    assert info["kernel"] == "aten._weight_int4pack_mm_for_cpu"
-    assert info["compute_dtype"] == "bfloat16" and h.dtype == "bfloat16"
-    assert set(info) >= {"summary", "notes", "seconds"}
-    notes = " ".join(info["notes"])
+    assert info.method == "awq" and info.details["layers"] == len(DECODER) == 14
+    assert info.details["weights_quantized"] == sum(
+        m_.weight.numel() for m_ in _linears(tiny_handle())
+    )
+    assert info.kernel == "aten._weight_int4pack_mm_for_cpu"
+    assert info.compute_dtype == "bfloat16" and h.dtype == "bfloat16"
+    assert info.summary and info.notes and info.seconds > 0
+    notes = " ".join(info.notes)
     assert "llama" in notes and "v_proj -> self_attn.o_proj not scaled" in notes
     assert weight_bytes(m) < 0.3 * reference["bytes"]  # the tied embedding stays (bf16)
-    for rec in info["per_layer"]:
-        assert set(rec["alpha"]) == {"input_layernorm", "post_attention_layernorm", "mlp.up_proj"}
+    for rec in info.details["per_layer"]:
+        assert set(rec["alpha"]) == {
+            "input_layernorm",
+            "post_attention_layernorm",
+            "mlp.up_proj",
+        }
         for rtn_mse, awq_mse in rec["search_mse"].values():
             assert awq_mse <= rtn_mse
 
@@ -111,7 +117,7 @@ def test_awq_outputs_close_and_closer_than_rtn(awq_g32, reference):
     h, _ = awq_g32
     kl_awq = kl_per_token(reference["logits"], _logits(h.model))
     hr = tiny_handle(**SPREAD)
-    rtn.apply(hr, rtn.RTNConfig(bits=4, group_size=32, symmetric=False))
+    run_stage(hr, rtn.RTNConfig(bits=4, group_size=32, symmetric=False))
     kl_rtn = kl_per_token(reference["logits"], _logits(hr.model))
     assert 0 < kl_awq < 0.1, kl_awq
     assert kl_awq < kl_rtn, (kl_awq, kl_rtn)
@@ -129,8 +135,8 @@ def test_awq_save_load_round_trip(awq_g32, tmp_path):
 
 def test_awq_symmetric_no_clip_runs():
     h = tiny_handle(**SPREAD)
-    info = awq.apply(h, AWQConfig(group_size=64, symmetric=True, clip=False, grid=4), CALIB)
-    assert "symmetric" in info["summary"]
+    info = run_stage(h, AWQConfig(group_size=64, symmetric=True, clip=False, grid=4), CALIB)
+    assert "symmetric" in info.summary
     assert all(isinstance(h.model.get_submodule(n), Int4Linear) for n in DECODER)
     assert torch.isfinite(_logits(h.model)).all()
 
@@ -138,8 +144,8 @@ def test_awq_symmetric_no_clip_runs():
 def test_awq_partial_targets_leave_the_rest_float():
     h = tiny_handle(**SPREAD)
     ref = _logits(h.model)
-    info = awq.apply(h, AWQConfig(group_size=32, targets=["re:.*mlp.*"]), CALIB)
-    assert info["layers"] == 6
+    info = run_stage(h, AWQConfig(group_size=32, targets=["re:.*mlp.*"]), CALIB)
+    assert info.details["layers"] == 6
     assert isinstance(h.model.model.layers[0].self_attn.q_proj, nn.Linear)
     assert isinstance(h.model.model.layers[0].mlp.up_proj, Int4Linear)
     assert kl_per_token(ref, _logits(h.model)) < 0.05
@@ -147,20 +153,20 @@ def test_awq_partial_targets_leave_the_rest_float():
 
 def test_awq_lm_head_targeted_gets_rtn_and_says_so():
     h = tiny_handle(**SPREAD)
-    info = awq.apply(h, AWQConfig(group_size=32, ignore=[]), CALIB)
+    info = run_stage(h, AWQConfig(group_size=32, ignore=[]), CALIB)
     assert isinstance(h.model.lm_head, Int4Linear)
-    assert any("lm_head: outside the decoder layers" in n for n in info["notes"])
+    assert any("lm_head: outside the decoder layers" in n for n in info.notes)
     assert torch.isfinite(_logits(h.model)).all()
 
 
 def test_awq_gemma3_mapping():
     h = tiny_gemma3_handle()
     ref = _logits(h.model)
-    info = awq.apply(h, AWQConfig(group_size=32), CALIB)
-    notes = " ".join(info["notes"])
+    info = run_stage(h, AWQConfig(group_size=32), CALIB)
+    notes = " ".join(info.notes)
     assert "gemma3" in notes and "(1 + w)" in notes and "q_norm" in notes
     assert {"input_layernorm", "pre_feedforward_layernorm", "mlp.up_proj"} == set(
-        info["per_layer"][0]["alpha"]
+        info.details["per_layer"][0]["alpha"]
     )
     layer = h.model.model.layers[0]
     assert isinstance(layer.self_attn.q_proj, Int4Linear)
@@ -187,7 +193,7 @@ def test_unknown_architecture_raises_naming_it():
     h = ModelHandle(model, tiny_tokenizer(), ModelSource("tiny-opt", "local_dir"), "float32", "cpu")
     before = snapshot(model)
     with pytest.raises(BadInput, match=r"OPTForCausalLM.*opt.*known families: llama"):
-        awq.apply(h, AWQConfig(group_size=32), CALIB)
+        run_stage(h, AWQConfig(group_size=32), CALIB)
     assert unchanged(model, before)
 
 
@@ -195,7 +201,7 @@ def test_group_size_not_dividing_raises_and_changes_nothing():
     h = tiny_handle(hidden_size=48, intermediate_size=96, num_attention_heads=4)
     before = snapshot(h.model)
     with pytest.raises(BadInput) as ei:
-        awq.apply(h, AWQConfig(group_size=32), CALIB)
+        run_stage(h, AWQConfig(group_size=32), CALIB)
     msg = str(ei.value)
     assert "model.layers.0.self_attn.q_proj (in_features 48)" in msg
     assert "12 layer(s)" in msg and "down_proj" not in msg
@@ -207,7 +213,7 @@ def test_no_calibration_raises():
     h = tiny_handle()
     before = snapshot(h.model)
     with pytest.raises(BadInput, match="calibration"):
-        awq.apply(h, AWQConfig(group_size=32), None)
+        run_stage(h, AWQConfig(group_size=32), None)
     assert unchanged(h.model, before)
 
 
@@ -249,11 +255,11 @@ def test_awq_beats_rtn_on_smollm2(shared_data):
         return r["baseline"][0]["value"], r["compressed"][0]["value"]
 
     h_rtn = copy.deepcopy(base)
-    rtn.apply(h_rtn, rtn.RTNConfig(bits=4, group_size=64, symmetric=False))
+    run_stage(h_rtn, rtn.RTNConfig(bits=4, group_size=64, symmetric=False))
     base_ppl, rtn_ppl = ppl(h_rtn)
     del h_rtn
     h_awq = copy.deepcopy(base)
-    info = awq.apply(h_awq, AWQConfig(group_size=64), calib)
+    info = run_stage(h_awq, AWQConfig(group_size=64), calib)
     _, awq_ppl = ppl(h_awq)
-    assert any("192" in n and "576" in n for n in info["notes"])  # v -> o skipped (GQA)
+    assert any("192" in n and "576" in n for n in info.notes)  # v -> o skipped (GQA)
     assert base_ppl < awq_ppl < rtn_ppl, (base_ppl, awq_ppl, rtn_ppl)

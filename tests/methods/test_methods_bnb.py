@@ -15,7 +15,7 @@ from safetensors.torch import load_file  # noqa: E402
 from torch import nn  # noqa: E402
 
 from compress.errors import BadInput, ReleaseFailed  # noqa: E402
-from compress.methods import bnb as bnb_method  # noqa: E402
+from compress.methods import run_stage
 from compress.methods.bnb import BnbConfig  # noqa: E402
 from compress.profile.memory import weight_bytes  # noqa: E402
 from compress.quant import bnb as qbnb  # noqa: E402
@@ -72,10 +72,10 @@ def test_random_seed_kl_is_large(reference):
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4", "int8"])
 def test_replaces_linears_shrinks_and_stays_close(reference, quant_type):
     h = tiny_handle(**SPREAD)
-    info = bnb_method.apply(h, BnbConfig(quant_type=quant_type))
+    info = run_stage(h, BnbConfig(quant_type=quant_type))
     m = h.model
-    assert info["method"] == "bnb" and info["layers"] == len(reference["names"]) == 14
-    assert info["weights_quantized"] == reference["linear_bytes"] // 4
+    assert info.method == "bnb" and info.details["layers"] == len(reference["names"]) == 14
+    assert info.details["weights_quantized"] == reference["linear_bytes"] // 4
     assert all(isinstance(m.get_submodule(n), BnbLinear) for n in reference["names"])
     assert isinstance(m.lm_head, nn.Linear)  # ignored by default, still tied
     assert m.lm_head.weight is m.model.embed_tokens.weight
@@ -86,11 +86,11 @@ def test_replaces_linears_shrinks_and_stays_close(reference, quant_type):
     if quant_type == "int8":
         assert isinstance(inner, bnb.nn.Linear8bitLt) and inner.state.threshold == 6.0
         assert inner.weight.dtype == torch.int8 and not inner.state.has_fp16_weights
-        assert info["layout"] == {"cpu": 14}
+        assert info.details["layout"] == {"cpu": 14}
     else:
         assert isinstance(inner, bnb.nn.Linear4bit) and inner.weight.dtype == torch.uint8
         assert inner.weight.quant_state.quant_type == quant_type
-        assert info["layout"] == {PACKED: 14}
+        assert info.details["layout"] == {PACKED: 14}
     ratio = _bnb_bytes(m) / reference["linear_bytes"]
     assert ratio < LINEAR_RATIO_MAX[quant_type], ratio
     assert weight_bytes(m) < 0.3 * reference["bytes"]
@@ -98,14 +98,14 @@ def test_replaces_linears_shrinks_and_stays_close(reference, quant_type):
     assert torch.isfinite(out).all()
     kl = kl_per_token(reference["logits"], out)
     assert 0 < kl < KL_MAX[quant_type], kl
-    assert info["seconds"] > 0 and info["kernel"]
+    assert info.seconds > 0 and info.kernel
 
 
 def test_int8_closer_than_nf4_closer_than_fp4(reference):
     kls = {}
     for qt in ("int8", "nf4", "fp4"):
         h = tiny_handle(**SPREAD)
-        bnb_method.apply(h, BnbConfig(quant_type=qt))
+        run_stage(h, BnbConfig(quant_type=qt))
         kls[qt] = kl_per_token(reference["logits"], _logits(h.model))
     assert kls["int8"] < kls["nf4"] / 10 and kls["nf4"] < kls["fp4"], kls
 
@@ -155,14 +155,14 @@ def test_weight_bytes_exact_no_double_count(kw):
     h = tiny_handle()
     shapes = [(m.out_features, m.in_features) for m in _decoder_linears(h.model).values()]
     cfg = BnbConfig(**kw)
-    info = bnb_method.apply(h, cfg)
+    info = run_stage(h, cfg)
     floats = _float_part_bytes(h.model)
     assert floats == 2 * (128 * 64 + 5 * 64)  # bf16 tied embedding once + 5 norms
     if cfg.quant_type == "int8":
         expected = sum(n * k + 4 * n for n, k in shapes)  # int8 codes + float32 row scales
     else:
         layout = PACKED if cfg.cpu_packed else "cpu"
-        assert info["layout"] == {layout: 14}
+        assert info.details["layout"] == {layout: 14}
         expected = _expected_4bit(shapes, layout=layout, double_quant=cfg.double_quant)
     assert _bnb_bytes(h.model) == expected
     assert weight_bytes(h.model) == expected + floats
@@ -193,17 +193,17 @@ def test_double_quant_bytes_on_a_smollm2_sized_layer():
 
 
 def test_record_notes_name_the_cpu_kernel_and_double_quant():
-    info = bnb_method.apply(tiny_handle(), BnbConfig(quant_type="nf4"))
+    info = run_stage(tiny_handle(), BnbConfig(quant_type="nf4"))
     kernel, fallback = qbnb.cpu_4bit_kernel()
-    assert info["kernel"] == kernel
+    assert info.kernel == kernel
     if CPU_KERNEL and fallback:
-        assert any("fallback kernel" in n and "kernels" in n for n in info["notes"])
+        assert any("fallback kernel" in n and "kernels" in n for n in info.notes)
     if CPU_KERNEL:
-        assert any("double_quant" in n and "saves no memory" in n for n in info["notes"])
-    info8 = bnb_method.apply(tiny_handle(), BnbConfig(quant_type="int8"))
-    assert any("float16 inputs" in n for n in info8["notes"])
-    slow = bnb_method.apply(tiny_handle(), BnbConfig(cpu_packed=False))
-    assert any("every call" in n and "cpu_packed: false" in n for n in slow["notes"])
+        assert any("double_quant" in n and "saves no memory" in n for n in info.notes)
+    info8 = run_stage(tiny_handle(), BnbConfig(quant_type="int8"))
+    assert any("float16 inputs" in n for n in info8.notes)
+    slow = run_stage(tiny_handle(), BnbConfig(cpu_packed=False))
+    assert any("every call" in n and "cpu_packed: false" in n for n in slow.notes)
 
 
 # -- save / load ---------------------------------------------------------------------------------
@@ -224,7 +224,7 @@ BIAS = {"attention_bias": True, "mlp_bias": True}
 )
 def test_save_load_round_trip_identical(tmp_path, kw, model_kw):
     h = tiny_handle(**SPREAD, **model_kw)
-    h.stages.append(bnb_method.apply(h, BnbConfig(**kw)))
+    h.stages.append(run_stage(h, BnbConfig(**kw)))
     if model_kw:
         assert h.model.model.layers[0].mlp.up_proj.inner.bias is not None
     before = _logits(h.model)
@@ -285,7 +285,7 @@ def test_state_dict_does_not_change_outputs(double_quant):
     """bitsandbytes 0.50.2's own Linear4bit.state_dict un-packs the CPU layout in place (and
     leaves un-nested scales transposed); ours reads the portable layout and changes nothing."""
     h = tiny_handle(**SPREAD)
-    bnb_method.apply(h, BnbConfig(quant_type="nf4", double_quant=double_quant))
+    run_stage(h, BnbConfig(quant_type="nf4", double_quant=double_quant))
     before = _logits(h.model)
     sd = h.model.state_dict()
     assert torch.equal(_logits(h.model), before)
@@ -339,15 +339,15 @@ def test_cuda_handle_without_cuda_raises_and_changes_nothing():
     h = tiny_handle()
     h.device = "cuda"
     with pytest.raises(BadInput, match="CUDA"):
-        bnb_method.apply(h, BnbConfig())
+        run_stage(h, BnbConfig())
     assert not any(isinstance(m, BnbLinear) for m in h.model.modules())
 
 
 def test_odd_shapes_fall_back_to_the_portable_layout():
     h = tiny_handle(hidden_size=48, intermediate_size=96, num_attention_heads=4)
-    info = bnb_method.apply(h, BnbConfig(quant_type="nf4"))
-    assert info["layout"].get("cpu_packed", 0) == 0 and info["layout"]["cpu"] == 14
-    assert any("every call" in n for n in info["notes"])
+    info = run_stage(h, BnbConfig(quant_type="nf4"))
+    assert info.details["layout"].get("cpu_packed", 0) == 0 and info.details["layout"]["cpu"] == 14
+    assert any("every call" in n for n in info.notes)
     assert torch.isfinite(_logits(h.model)).all()
 
 
@@ -356,7 +356,7 @@ def test_odd_shapes_fall_back_to_the_portable_layout():
 
 def test_targets_without_linear_raise():
     with pytest.raises(BadInput, match="no nn.Linear"):
-        bnb_method.apply(tiny_handle(), BnbConfig(targets=["LlamaRMSNorm"]))
+        run_stage(tiny_handle(), BnbConfig(targets=["LlamaRMSNorm"]))
 
 
 def test_nan_weight_raises_naming_the_layer_and_changes_nothing():
@@ -364,17 +364,17 @@ def test_nan_weight_raises_naming_the_layer_and_changes_nothing():
     with torch.no_grad():
         h.model.model.layers[1].mlp.up_proj.weight[3, 5] = float("nan")
     with pytest.raises(ReleaseFailed, match=r"model\.layers\.1\.mlp\.up_proj"):
-        bnb_method.apply(h, BnbConfig())
+        run_stage(h, BnbConfig())
     assert not any(isinstance(m, BnbLinear) for m in h.model.modules())
 
 
 def test_lm_head_targeted_unties_and_says_so():
     h = tiny_handle()
-    info = bnb_method.apply(h, BnbConfig(quant_type="int8", ignore=[]))
+    info = run_stage(h, BnbConfig(quant_type="int8", ignore=[]))
     assert isinstance(h.model.lm_head, BnbLinear)
     emb = h.model.model.embed_tokens
     assert isinstance(emb, nn.Embedding) and emb.weight.dtype == torch.bfloat16
-    assert any("NOT compressed" in n for n in info["notes"])
+    assert any("NOT compressed" in n for n in info.notes)
     assert torch.isfinite(_logits(h.model)).all()
 
 
@@ -398,7 +398,7 @@ def test_missing_bitsandbytes_names_the_package(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", fake)
     with pytest.raises(BadInput, match="bitsandbytes") as ei:
-        bnb_method.apply(tiny_handle(), BnbConfig())
+        run_stage(tiny_handle(), BnbConfig())
     assert "pip install" in str(ei.value)
 
 
@@ -416,8 +416,8 @@ def test_smollm2_nf4_perplexity_close(shared_data):
         base.tokenizer, wikitext2_test(shared_data).text, 512, max_windows=2
     )
     comp = models.load("smollm2-135m")
-    info = bnb_method.apply(comp, BnbConfig(quant_type="nf4", double_quant=True))
-    assert info["layers"] == 210  # 30 decoder layers x 7 Linears; lm_head ignored
+    info = run_stage(comp, BnbConfig(quant_type="nf4", double_quant=True))
+    assert info.details["layers"] == 210  # 30 decoder layers x 7 Linears; lm_head ignored
     assert weight_bytes(comp.model) < 0.45 * weight_bytes(base.model)
     res = evaluate_perplexity(base.model, comp.model, windows, progress=False)
     ppl = {

@@ -78,11 +78,11 @@ def reference():
     "name,stages,cls,max_ratio,max_kl", _stages(), ids=lambda v: v if isinstance(v, str) else ""
 )
 def test_method_on_cuda(reference, tmp_path, name, stages, cls, max_ratio, max_kl):
-    from compress.methods import get_apply, needs_calibration
+    from compress.methods import needs_calibration, run_stage
 
     h = _cuda_handle()
     for cfg in stages:
-        fn = get_apply(cfg.method)
+        fn = run_stage
         info = fn(h, cfg, tiny_calibration()) if needs_calibration(cfg) else fn(h, cfg)
     quantized = [m for m in h.model.modules() if type(m).__name__ == cls]
     assert quantized, f"{name}: no {cls} in the model"
@@ -93,7 +93,7 @@ def test_method_on_cuda(reference, tmp_path, name, stages, cls, max_ratio, max_k
     assert ratio < max_ratio, (name, ratio)
     kl = kl_per_token(reference["logits"], _logits(h.model))
     assert kl < max_kl and kl < reference["far"] / 10, (name, kl, reference["far"])
-    assert info["summary"]
+    assert info.summary
     # saved on the GPU, reloaded on the GPU: same logits
     save_compressed(h, tmp_path / "m")
     back = load_compressed(tmp_path / "m", device=DEVICE)
@@ -106,22 +106,22 @@ def test_pruning_then_gptq_on_cuda(method):
     in int4 storage on the GPU."""
     from torch import nn
 
-    from compress.methods import get_apply
+    from compress.methods import run_stage
     from compress.methods.gptq import GPTQConfig
     from compress.methods.sparsegpt import SparseGPTConfig
     from compress.methods.wanda import WandaConfig
 
     h = _cuda_handle()
     cfg = (WandaConfig if method == "wanda" else SparseGPTConfig)(mask_structure="2:4")
-    info = get_apply(method)(h, cfg, tiny_calibration())
-    assert info["sparsity"] == pytest.approx(0.5, abs=0.01)
+    info = run_stage(h, cfg, tiny_calibration())
+    assert info.details["sparsity"] == pytest.approx(0.5, abs=0.01)
     masks = {
         n: (m.weight == 0)
         for n, m in h.model.named_modules()
         if isinstance(m, nn.Linear) and n.startswith("model.layers.")
     }
     assert all(m.device.type == DEVICE for m in masks.values())
-    get_apply("gptq")(h, GPTQConfig(bits=4, group_size=32, preserve_zeros=True), tiny_calibration())
+    run_stage(h, GPTQConfig(bits=4, group_size=32, preserve_zeros=True), tiny_calibration())
     for n, mask in masks.items():
         mod = h.model.get_submodule(n)
         assert type(mod).__name__ == "Int4Linear"

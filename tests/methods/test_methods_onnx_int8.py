@@ -13,7 +13,7 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from compress.errors import BadInput  # noqa: E402
-from compress.methods import onnx_int8  # noqa: E402
+from compress.methods import run_stage  # noqa: E402
 from compress.methods.onnx_int8 import OnnxInt8Config  # noqa: E402
 from compress.profile.latency import profile_generation  # noqa: E402
 from compress.profile.memory import weight_bytes  # noqa: E402
@@ -53,7 +53,7 @@ def applied():
     out = {}
     for case, kw in KERNELS.items():
         h = tiny_handle(**SPREAD)
-        rec = onnx_int8.apply(h, OnnxInt8Config(**kw))
+        rec = run_stage(h, OnnxInt8Config(**kw))
         h.stages.append(dict(rec, config=OnnxInt8Config(**kw).model_dump(mode="json")))
         out[case] = (h, rec)
     return out
@@ -75,14 +75,14 @@ def test_apply_runs_in_onnxruntime(case, applied, reference):
     assert isinstance(h.model, OrtCausalLM)
     assert h.runtime == "onnxruntime" and h.dtype == "float32"
     assert list(h.model.parameters()) == []
-    for key in ("method", "summary", "layers", "weights_quantized", "kernel", "compute_dtype"):
-        assert key in rec
-    assert rec["method"] == "onnx_int8" and rec["kv_cache"] is True
+    assert rec.summary and rec.kernel and rec.compute_dtype
+    assert {"layers", "weights_quantized"} <= set(rec.details)
+    assert rec.method == "onnx_int8" and rec.details["kv_cache"] is True
     all_linear = "ignore" in KERNELS[case]
-    assert rec["layers"] == (15 if all_linear else 14)
+    assert rec.details["layers"] == (15 if all_linear else 14)
     runtime = f"onnxruntime {ort.__version__} CPUExecutionProvider"
-    assert any(f"measured in {runtime}" in n for n in rec["notes"])
-    tied = next(n for n in rec["notes"] if n.startswith("tied input embedding"))
+    assert any(f"measured in {runtime}" in n for n in rec.notes)
+    tied = next(n for n in rec.notes if n.startswith("tied input embedding"))
     assert ("as int8" in tied) == all_linear
 
 
@@ -172,13 +172,13 @@ def test_refuses_what_it_cannot_export():
     h = tiny_handle()
     h.source.architecture = "encoder"
     with pytest.raises(BadInput, match="causal LM"):
-        onnx_int8.apply(h, OnnxInt8Config())
+        run_stage(h, OnnxInt8Config())
     h = tiny_handle()
     h.runtime = "onnxruntime"
     with pytest.raises(BadInput, match="already runs"):
-        onnx_int8.apply(h, OnnxInt8Config())
+        run_stage(h, OnnxInt8Config())
     with pytest.raises(BadInput, match="matches no module"):
-        onnx_int8.apply(tiny_handle(), OnnxInt8Config(targets=["Conv2d"]))
+        run_stage(tiny_handle(), OnnxInt8Config(targets=["Conv2d"]))
 
 
 def test_recipes_validate():
@@ -212,8 +212,8 @@ def test_smollm2_quality_and_decode_speed(shared_data):
         dtype="float32",
         device="cpu",
     )
-    rec = onnx_int8.apply(comp, stage)
-    assert rec["kv_cache"] and rec["layers"] == 211
+    rec = run_stage(comp, stage)
+    assert rec.details["kv_cache"] and rec.details["layers"] == 211
     assert weight_bytes(comp.model) < 0.4 * weight_bytes(base.model)
     text = wikitext2_test(shared_data)
     windows, _, _ = token_windows(base.tokenizer, text.text, 512, 2)

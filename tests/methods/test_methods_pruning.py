@@ -11,7 +11,7 @@ from pydantic import TypeAdapter, ValidationError
 from torch import nn
 
 from compress.errors import BadInput
-from compress.methods import StageConfig, gptq, magnitude, sparsegpt, wanda
+from compress.methods import StageConfig, run_stage
 from compress.methods.gptq import GPTQConfig
 from compress.methods.magnitude import MagnitudeConfig
 from compress.methods.sparsegpt import SparseGPTConfig
@@ -22,9 +22,9 @@ from compress.testing import kl_per_token, snapshot, tiny_calibration, tiny_hand
 IDS = torch.randint(4, 100, (2, 48), generator=torch.Generator().manual_seed(0))
 SPREAD = {"initializer_range": 0.1}
 METHODS = {
-    "magnitude": (magnitude.apply, MagnitudeConfig),
-    "wanda": (wanda.apply, WandaConfig),
-    "sparsegpt": (sparsegpt.apply, SparseGPTConfig),
+    "magnitude": (run_stage, MagnitudeConfig),
+    "wanda": (run_stage, WandaConfig),
+    "sparsegpt": (run_stage, SparseGPTConfig),
 }
 
 
@@ -75,15 +75,15 @@ def test_half_the_weights_are_zero_and_the_record_says_no_saving(pruned, name):
         assert isinstance(lin, nn.Linear) and lin.weight.dtype == torch.float32
     fresh = tiny_handle(**SPREAD).model.lm_head.weight
     assert torch.equal(h.model.lm_head.weight, fresh)  # ignored by default
-    assert info["sparsity"] == pytest.approx(0.5, abs=0.01) and info["layers"] == 14
-    assert "saves no memory and no time" in " ".join(info["notes"])
-    assert f"{name} 50% unstructured" in info["summary"]
+    assert info.details["sparsity"] == pytest.approx(0.5, abs=0.01) and info.details["layers"] == 14
+    assert "saves no memory and no time" in " ".join(info.notes)
+    assert f"{name} 50% unstructured" in info.summary
 
 
 def test_calibrated_methods_beat_magnitude(pruned, reference):
     kl = {n: kl_per_token(reference, _logits(h)) for n, (h, _) in pruned.items()}
     assert kl["sparsegpt"] < kl["wanda"] < kl["magnitude"], kl
-    assert pruned["sparsegpt"][1]["output_error"]["max"] < 1
+    assert pruned["sparsegpt"][1].details["output_error"]["max"] < 1
 
 
 @pytest.mark.parametrize("name", list(METHODS))
@@ -94,17 +94,17 @@ def test_two_four_pattern(name):
     for lin in _decoder_linears(h).values():
         nz = (lin.weight != 0).reshape(lin.out_features, -1, 4).sum(-1)
         assert (nz <= 2).all() and float((nz == 2).float().mean()) > 0.99
-    assert info["target_sparsity"] == 0.5 and "2:4" in info["summary"]
-    assert "sparse tensor cores" in " ".join(info["notes"])
+    assert info.details["target_sparsity"] == 0.5 and "2:4" in info.summary
+    assert "sparse tensor cores" in " ".join(info.notes)
 
 
 def test_sparsegpt_then_gptq_keeps_the_zeros_in_int4(reference):
     h = _handle()
     calib = tiny_calibration(16, 64)
-    sparsegpt.apply(h, SparseGPTConfig(sparsity=0.5), calib)
+    run_stage(h, SparseGPTConfig(sparsity=0.5), calib)
     masks = {n: (m.weight == 0).clone() for n, m in _decoder_linears(h).items()}
-    info = gptq.apply(h, GPTQConfig(bits=4, group_size=32, preserve_zeros=True), calib)
-    assert any(n.startswith("preserve_zeros: the 50.0% of targeted") for n in info["notes"])
+    info = run_stage(h, GPTQConfig(bits=4, group_size=32, preserve_zeros=True), calib)
+    assert any(n.startswith("preserve_zeros: the 50.0% of targeted") for n in info.notes)
     for n, mask in masks.items():
         mod = h.model.get_submodule(n)
         assert isinstance(mod, Int4Linear)

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from compress.errors import BadInput, ReleaseFailed
-from compress.methods import dynamic_int8, rtn
+from compress.methods import dynamic_int8, run_stage
 from compress.methods.rtn import RTNConfig
 from compress.profile.memory import weight_bytes
 from compress.quant.dynamic import DynamicInt8Linear
@@ -44,11 +44,11 @@ def test_random_seed_kl_is_large(reference):
 def test_int8_all_linear(reference):
     h = tiny_handle(**SPREAD)
     names = _linear_names(h.model)
-    info = rtn.apply(h, RTNConfig(bits=8, ignore=[]))
+    info = run_stage(h, RTNConfig(bits=8, ignore=[]))
     m = h.model
-    assert info["layers"] == len(names) == 15
+    assert info.details["layers"] == len(names) == 15
     assert (
-        info["weights_quantized"]
+        info.details["weights_quantized"]
         == sum(
             p.numel()
             for n, p in tiny_handle().model.named_parameters()
@@ -62,7 +62,7 @@ def test_int8_all_linear(reference):
     emb = m.model.embed_tokens
     assert isinstance(emb, Int8Embedding) and emb.weight_source is m.lm_head
     assert emb.weight_source.qweight.data_ptr() == m.lm_head.qweight.data_ptr()
-    assert any("stored once" in n for n in info["notes"])
+    assert any("stored once" in n for n in info.notes)
     # bytes: int8 codes + bf16 scales per output channel + bf16 norms, embedding counted once
     codes = sum(x.weight.numel() for x in tiny_handle().model.modules() if isinstance(x, nn.Linear))
     scales = 2 * sum(x.out_features for x in m.modules() if isinstance(x, Int8Linear))
@@ -77,10 +77,10 @@ def test_int8_all_linear(reference):
 
 def test_int4_g32_plus_int8_head(reference):
     h = tiny_handle(**SPREAD)
-    rtn.apply(h, RTNConfig(bits=4, group_size=32, symmetric=False))
+    run_stage(h, RTNConfig(bits=4, group_size=32, symmetric=False))
     assert isinstance(h.model.lm_head, nn.Linear)  # ignored by default
     assert h.model.lm_head.weight is h.model.model.embed_tokens.weight
-    rtn.apply(h, RTNConfig(bits=8, targets=["lm_head"], ignore=[]))
+    run_stage(h, RTNConfig(bits=8, targets=["lm_head"], ignore=[]))
     m = h.model
     assert isinstance(m.lm_head, Int8Linear) and isinstance(m.model.embed_tokens, Int8Embedding)
     assert all(
@@ -94,8 +94,8 @@ def test_int4_g32_plus_int8_head(reference):
 
 def test_int8_closer_than_int4(reference):
     h8, h4 = tiny_handle(**SPREAD), tiny_handle(**SPREAD)
-    rtn.apply(h8, RTNConfig(bits=8, ignore=[]))
-    rtn.apply(h4, RTNConfig(bits=4, group_size=32, ignore=[]))
+    run_stage(h8, RTNConfig(bits=8, ignore=[]))
+    run_stage(h4, RTNConfig(bits=4, group_size=32, ignore=[]))
     assert (
         kl_per_token(reference["logits"], _logits(h8))
         < kl_per_token(reference["logits"], _logits(h4)) / 10
@@ -104,17 +104,17 @@ def test_int8_closer_than_int4(reference):
 
 def test_int4_lm_head_leaves_embedding_float_and_says_so():
     h = tiny_handle()
-    info = rtn.apply(h, RTNConfig(bits=4, group_size=64, ignore=[]))
+    info = run_stage(h, RTNConfig(bits=4, group_size=64, ignore=[]))
     assert isinstance(h.model.lm_head, Int4Linear)
     emb = h.model.model.embed_tokens
     assert isinstance(emb, nn.Embedding) and emb.weight.dtype == torch.bfloat16
-    assert any("NOT compressed" in n for n in info["notes"])
+    assert any("NOT compressed" in n for n in info.notes)
     assert torch.isfinite(_logits(h)).all()
 
 
 def test_float32_compute_dtype_keeps_float_parts_float32():
     h = tiny_handle()
-    rtn.apply(h, RTNConfig(bits=8, compute_dtype="float32"))
+    run_stage(h, RTNConfig(bits=8, compute_dtype="float32"))
     assert h.dtype == "float32"
     assert h.model.model.norm.weight.dtype == torch.float32
     assert h.model(IDS).logits.dtype == torch.float32
@@ -125,7 +125,7 @@ def test_group_size_not_dividing_raises_and_changes_nothing():
     before = {k: v.clone() for k, v in h.model.state_dict().items()}
     types = {n: type(m) for n, m in h.model.named_modules()}
     with pytest.raises(BadInput) as ei:
-        rtn.apply(h, RTNConfig(bits=4, group_size=32))
+        run_stage(h, RTNConfig(bits=4, group_size=32))
     msg = str(ei.value)
     assert "model.layers.0.self_attn.q_proj (in_features 48)" in msg
     assert "12 layer(s)" in msg and "down_proj" not in msg  # down_proj's 96 is divisible
@@ -138,8 +138,8 @@ def test_group_size_not_dividing_raises_and_changes_nothing():
 
 def test_group_size_error_avoided_by_ignoring_bad_layers():
     h = tiny_handle(hidden_size=48, intermediate_size=96, num_attention_heads=4)
-    info = rtn.apply(h, RTNConfig(bits=4, group_size=32, targets=["re:.*down_proj"], ignore=[]))
-    assert info["layers"] == 2
+    info = run_stage(h, RTNConfig(bits=4, group_size=32, targets=["re:.*down_proj"], ignore=[]))
+    assert info.details["layers"] == 2
     assert isinstance(h.model.model.layers[0].mlp.down_proj, Int4Linear)
 
 
@@ -174,7 +174,7 @@ def test_low_bits_and_per_channel_sit_exactly_in_int4_containers(cfg):
 
     h = tiny_handle(**SPREAD)
     w = h.model.model.layers[0].mlp.down_proj.weight.detach().clone()
-    info = rtn.apply(h, cfg)
+    info = run_stage(h, cfg)
     m = h.model.model.layers[0].mlp.down_proj
     assert isinstance(m, Int4Linear)
     # the stored codes, run through the kernel, give exactly the b-bit grid's weights (bf16)
@@ -184,9 +184,9 @@ def test_low_bits_and_per_channel_sit_exactly_in_int4_containers(cfg):
     assert torch.allclose(got.float(), ref.float(), atol=2e-2 * float(w.abs().max())), cfg
     if cfg.bits < 4:
         assert len(torch.unique(m.codes())) <= 2**cfg.bits
-        assert any(f"{cfg.bits}-bit codes" in n for n in info["notes"])
+        assert any(f"{cfg.bits}-bit codes" in n for n in info.notes)
     else:
-        assert any("per-channel scales" in n for n in info["notes"])
+        assert any("per-channel scales" in n for n in info.notes)
 
 
 def test_per_channel_low_bits_refuse_layers_no_int4_group_divides():
@@ -198,7 +198,7 @@ def test_per_channel_low_bits_refuse_layers_no_int4_group_divides():
     h.model.model.layers[0].mlp.down_proj = tnn.Linear(48, 64, bias=False)
     before = {k: v.clone() for k, v in h.model.state_dict().items()}
     with pytest.raises(BadInput, match="per-channel int4 is stored in int4 groups"):
-        rtn.apply(h, RTNConfig(bits=4))
+        run_stage(h, RTNConfig(bits=4))
     after = h.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -215,25 +215,25 @@ def test_nan_weight_raises_naming_the_layer(cfg):
     with torch.no_grad():
         h.model.model.layers[1].mlp.up_proj.weight[3, 5] = float("nan")
     with pytest.raises(ReleaseFailed, match=r"model\.layers\.1\.mlp\.up_proj"):
-        rtn.apply(h, cfg)
+        run_stage(h, cfg)
 
 
 def test_targets_without_linear_raise():
     with pytest.raises(BadInput, match="no nn.Linear"):
-        rtn.apply(tiny_handle(), RTNConfig(bits=8, targets=["LlamaRMSNorm"]))
+        run_stage(tiny_handle(), RTNConfig(bits=8, targets=["LlamaRMSNorm"]))
 
 
 @pytest.mark.parametrize(
     "second",
     [
-        (rtn.apply, RTNConfig(bits=8, targets=["lm_head"], ignore=[], compute_dtype="float32")),
-        (dynamic_int8.apply, dynamic_int8.DynamicInt8Config()),
+        (run_stage, RTNConfig(bits=8, targets=["lm_head"], ignore=[], compute_dtype="float32")),
+        (run_stage, dynamic_int8.DynamicInt8Config()),
     ],
     ids=["rtn-float32-after-bf16", "dynamic-after-rtn"],
 )
 def test_stages_with_different_dtypes_stay_runnable_or_refuse(second):
     h = tiny_handle()
-    rtn.apply(h, RTNConfig(bits=4, group_size=32, targets=["re:.*mlp.*"], ignore=[]))
+    run_stage(h, RTNConfig(bits=4, group_size=32, targets=["re:.*mlp.*"], ignore=[]))
     fn, cfg = second
     try:
         fn(h, cfg)
@@ -248,9 +248,9 @@ def test_stages_with_different_dtypes_stay_runnable_or_refuse(second):
 @pytest.mark.parametrize("ignore", [["lm_head"], []])
 def test_dynamic_int8_replaces_linears(reference, ignore):
     h = tiny_handle(**SPREAD)
-    info = dynamic_int8.apply(h, dynamic_int8.DynamicInt8Config(ignore=ignore))
+    info = run_stage(h, dynamic_int8.DynamicInt8Config(ignore=ignore))
     names = [n for n in _linear_names(tiny_handle().model) if n not in ignore]
-    assert info["layers"] == len(names)
+    assert info.details["layers"] == len(names)
     assert all(isinstance(h.model.get_submodule(n), DynamicInt8Linear) for n in names)
     assert isinstance(h.model.lm_head, DynamicInt8Linear) == (ignore == [])
     assert h.dtype == "float32"
@@ -264,7 +264,7 @@ def test_dynamic_int8_replaces_linears(reference, ignore):
 
 def test_dynamic_int8_per_tensor_runs():
     h = tiny_handle()
-    dynamic_int8.apply(h, dynamic_int8.DynamicInt8Config(per_channel=False))
+    run_stage(h, dynamic_int8.DynamicInt8Config(per_channel=False))
     assert torch.isfinite(_logits(h)).all()
 
 
@@ -272,5 +272,5 @@ def test_dynamic_int8_off_cpu_raises_and_changes_nothing():
     h = tiny_handle()
     h.device = "cuda"
     with pytest.raises(BadInput, match="cuda"):
-        dynamic_int8.apply(h, dynamic_int8.DynamicInt8Config())
+        run_stage(h, dynamic_int8.DynamicInt8Config())
     assert not any(isinstance(m, DynamicInt8Linear) for m in h.model.modules())

@@ -8,7 +8,7 @@ from torch import nn
 
 from compress.errors import BadInput
 from compress.handle import ModelHandle, ModelSource
-from compress.methods import dynamic_int8, rtn, smoothquant
+from compress.methods import dynamic_int8, rtn, run_stage
 from compress.methods.calibrate import CalibrationData
 from compress.methods.smoothquant import SmoothQuantConfig
 from compress.profile.memory import weight_bytes
@@ -102,9 +102,9 @@ def test_smoothing_only_preserves_outputs(make, alpha):
     h = make()
     ref = _logits(h.model)
     norms_before = {n: p.clone() for n, p in h.model.named_parameters() if "layernorm" in n}
-    info = smoothquant.apply(h, SmoothQuantConfig(alpha=alpha, w8a8=False), CALIB)
+    info = run_stage(h, SmoothQuantConfig(alpha=alpha, w8a8=False), CALIB)
     assert not any(isinstance(m, DynamicInt8Linear) for m in h.model.modules())
-    assert info["weights_quantized"] == 0 and info["kernel"] == "none (float)"
+    assert info.details["weights_quantized"] == 0 and info.kernel == "none (float)"
     params = dict(h.model.named_parameters())
     assert any(not torch.equal(params[n], w) for n, w in norms_before.items())
     assert _rel(_logits(h.model), ref) < 1e-5
@@ -112,15 +112,15 @@ def test_smoothing_only_preserves_outputs(make, alpha):
 
 def test_gemma3_mapping_uses_pre_feedforward_norm_and_v_to_o():
     h = tiny_gemma3_handle()
-    info = smoothquant.apply(h, SmoothQuantConfig(w8a8=False), CALIB)
-    groups = set(info["per_layer"][0]["act_absmax"])
+    info = run_stage(h, SmoothQuantConfig(w8a8=False), CALIB)
+    groups = set(info.details["per_layer"][0]["act_absmax"])
     assert groups == {
         "input_layernorm",
         "self_attn.v_proj",
         "pre_feedforward_layernorm",
         "mlp.up_proj",
     }
-    assert any("(1 + w') = (1 + w) / s" in n for n in info["notes"])
+    assert any("(1 + w') = (1 + w) / s" in n for n in info.notes)
 
 
 # -- W8A8 ---------------------------------------------------------------------------------
@@ -131,27 +131,27 @@ def w8a8():
     h = outlier_handle()
     ref = _logits(h.model)
     ref_bytes = weight_bytes(h.model)
-    info = smoothquant.apply(h, SmoothQuantConfig(), CALIB)
+    info = run_stage(h, SmoothQuantConfig(), CALIB)
     return h, info, ref, ref_bytes
 
 
 def test_w8a8_replaces_linears_and_shrinks(w8a8):
     h, info, ref, ref_bytes = w8a8
     names = _decoder_linears(h.model)
-    assert len(names) == 14 == info["layers"]
+    assert len(names) == 14 == info.details["layers"]
     assert all(isinstance(h.model.get_submodule(n), DynamicInt8Linear) for n in names)
     assert isinstance(h.model.lm_head, nn.Linear)  # ignored by default
-    assert info["kernel"] == "torch.ao quantized::linear_dynamic (fbgemm)"
-    assert info["compute_dtype"] == "float32" and h.dtype == "float32"
+    assert info.kernel == "torch.ao quantized::linear_dynamic (fbgemm)"
+    assert info.compute_dtype == "float32" and h.dtype == "float32"
     assert weight_bytes(h.model) < 0.45 * ref_bytes
-    assert any("v_proj -> self_attn.o_proj not scaled" in n for n in info["notes"])
+    assert any("v_proj -> self_attn.o_proj not scaled" in n for n in info.notes)
 
 
 def test_w8a8_beats_plain_dynamic_int8_on_outliers(w8a8):
     h, _, ref, _ = w8a8
     kl_sq = kl_per_token(ref, _logits(h.model))
     plain = outlier_handle()
-    dynamic_int8.apply(plain, dynamic_int8.DynamicInt8Config())
+    run_stage(plain, dynamic_int8.DynamicInt8Config())
     kl_plain = kl_per_token(ref, _logits(plain.model))
     assert 0 < kl_sq < 0.5 * kl_plain, (kl_sq, kl_plain)
     assert kl_sq < 0.02
@@ -171,17 +171,17 @@ def test_w8a8_save_load_round_trip(w8a8, tmp_path):
 
 def test_lm_head_targeted_is_quantized_unsmoothed():
     h = tiny_handle(**SPREAD)
-    info = smoothquant.apply(h, SmoothQuantConfig(ignore=[]), CALIB)
+    info = run_stage(h, SmoothQuantConfig(ignore=[]), CALIB)
     assert isinstance(h.model.lm_head, DynamicInt8Linear)
-    assert any("lm_head: outside the decoder layers" in n for n in info["notes"])
+    assert any("lm_head: outside the decoder layers" in n for n in info.notes)
     assert torch.isfinite(_logits(h.model)).all()
 
 
 def test_smooth_then_rtn_composes():
     h = outlier_handle()
     ref = _logits(h.model)
-    smoothquant.apply(h, SmoothQuantConfig(alpha=0.5, w8a8=False), CALIB)
-    rtn.apply(h, rtn.RTNConfig(bits=4, group_size=32, symmetric=False))
+    run_stage(h, SmoothQuantConfig(alpha=0.5, w8a8=False), CALIB)
+    run_stage(h, rtn.RTNConfig(bits=4, group_size=32, symmetric=False))
     assert isinstance(h.model.model.layers[1].mlp.down_proj, Int4Linear)
     assert kl_per_token(ref, _logits(h.model)) < 0.2
 
@@ -207,14 +207,14 @@ def test_unknown_architecture_raises_naming_it():
     h = ModelHandle(model, tiny_tokenizer(), ModelSource("tiny-opt", "local_dir"), "float32", "cpu")
     before = snapshot(model)
     with pytest.raises(BadInput, match=r"OPTForCausalLM.*opt"):
-        smoothquant.apply(h, SmoothQuantConfig(), CALIB)
+        run_stage(h, SmoothQuantConfig(), CALIB)
     assert unchanged(model, before)
 
 
 def test_no_calibration_raises():
     h = tiny_handle()
     with pytest.raises(BadInput, match="calibration"):
-        smoothquant.apply(h, SmoothQuantConfig(), None)
+        run_stage(h, SmoothQuantConfig(), None)
 
 
 def test_w8a8_on_a_device_without_int8_kernels_raises_and_changes_nothing():
@@ -222,15 +222,15 @@ def test_w8a8_on_a_device_without_int8_kernels_raises_and_changes_nothing():
     h.device = "mps"
     before = snapshot(h.model)
     with pytest.raises(BadInput, match="cpu and cuda"):
-        smoothquant.apply(h, SmoothQuantConfig(), CALIB)
+        run_stage(h, SmoothQuantConfig(), CALIB)
     assert unchanged(h.model, before)
 
 
 def test_after_quantization_refuses_to_rescale():
     h = tiny_handle()
-    rtn.apply(h, rtn.RTNConfig(bits=4, group_size=32, targets=["re:.*k_proj"], ignore=[]))
+    run_stage(h, rtn.RTNConfig(bits=4, group_size=32, targets=["re:.*k_proj"], ignore=[]))
     with pytest.raises(BadInput, match="already quantized"):
-        smoothquant.apply(h, SmoothQuantConfig(w8a8=False), CALIB)
+        run_stage(h, SmoothQuantConfig(w8a8=False), CALIB)
 
 
 # -- the real model ----------------------------------------------------------------------
@@ -255,11 +255,11 @@ def test_smoothquant_beats_plain_w8a8_on_smollm2(shared_data):
         return r["baseline"][0]["value"], r["compressed"][0]["value"]
 
     h_plain = copy.deepcopy(base)
-    dynamic_int8.apply(h_plain, dynamic_int8.DynamicInt8Config())
+    run_stage(h_plain, dynamic_int8.DynamicInt8Config())
     base_ppl, plain_ppl = ppl(h_plain)
     del h_plain
     h_sq = copy.deepcopy(base)
-    smoothquant.apply(h_sq, SmoothQuantConfig(alpha=0.5), calib)
+    run_stage(h_sq, SmoothQuantConfig(alpha=0.5), calib)
     _, sq_ppl = ppl(h_sq)
     assert sq_ppl < plain_ppl, (base_ppl, sq_ppl, plain_ppl)
     assert sq_ppl - base_ppl < 0.5 * (plain_ppl - base_ppl), (base_ppl, sq_ppl, plain_ppl)

@@ -161,11 +161,12 @@ def test_int8_embedding_rows_equal_dequantized_rows_and_share_storage():
 
 
 def test_int8_embedding_shares_data_ptr_in_rtn_model():
-    from compress.methods.rtn import RTNConfig, apply
+    from compress.methods import run_stage
+    from compress.methods.rtn import RTNConfig
     from compress.testing import tiny_handle
 
     h = tiny_handle()
-    apply(h, RTNConfig(bits=8, ignore=[]))
+    run_stage(h, RTNConfig(bits=8, ignore=[]))
     emb, head = h.model.model.embed_tokens, h.model.lm_head
     assert isinstance(emb, Int8Embedding) and isinstance(head, Int8Linear)
     assert emb.weight_source.qweight.data_ptr() == head.qweight.data_ptr()

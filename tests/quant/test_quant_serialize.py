@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from compress.methods import dynamic_int8, rtn
+from compress.methods import dynamic_int8, rtn, run_stage
 from compress.profile.memory import weight_bytes
 from compress.quant.dynamic import DynamicInt8Linear
 from compress.quant.modules import Int4Linear, Int8Embedding, Int8Linear
@@ -20,22 +20,22 @@ IDS = torch.tensor([[1, 40, 41, 50, 60, 70, 5, 6, 90, 100, 11, 12], [1] + list(r
 
 CASES = {
     "int4_g32_asym+int8_head": [
-        (rtn.apply, rtn.RTNConfig(bits=4, group_size=32, symmetric=False)),
-        (rtn.apply, rtn.RTNConfig(bits=8, targets=["lm_head"], ignore=[])),
+        (run_stage, rtn.RTNConfig(bits=4, group_size=32, symmetric=False)),
+        (run_stage, rtn.RTNConfig(bits=8, targets=["lm_head"], ignore=[])),
     ],
     "int4_g64_all_untied": [
-        (rtn.apply, rtn.RTNConfig(bits=4, group_size=64, symmetric=True, ignore=[]))
+        (run_stage, rtn.RTNConfig(bits=4, group_size=64, symmetric=True, ignore=[]))
     ],
-    "int8_all": [(rtn.apply, rtn.RTNConfig(bits=8, ignore=[]))],
-    "dynamic_int8": [(dynamic_int8.apply, dynamic_int8.DynamicInt8Config())],
-    "dynamic_int8_all": [(dynamic_int8.apply, dynamic_int8.DynamicInt8Config(ignore=[]))],
+    "int8_all": [(run_stage, rtn.RTNConfig(bits=8, ignore=[]))],
+    "dynamic_int8": [(run_stage, dynamic_int8.DynamicInt8Config())],
+    "dynamic_int8_all": [(run_stage, dynamic_int8.DynamicInt8Config(ignore=[]))],
 }
 
 
 def _compressed(case: str, **overrides):
     h = tiny_handle(**overrides)
     for fn, cfg in CASES[case]:
-        h.stages.append(fn(h, cfg))
+        h.stages.append(fn(h, cfg).model_dump(mode="json"))
     return h
 
 
@@ -144,7 +144,7 @@ def test_round_trip_keeps_linear_biases(tmp_path):
     with torch.no_grad():
         for layer in h.model.model.layers:
             layer.self_attn.q_proj.bias.normal_(0, 0.5)
-    rtn.apply(h, rtn.RTNConfig(bits=8, ignore=[]))
+    run_stage(h, rtn.RTNConfig(bits=8, ignore=[]))
     before = _logits(h.model)
     h2 = load_compressed(save_compressed(h, tmp_path / "b"))
     assert torch.equal(
