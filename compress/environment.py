@@ -1,4 +1,4 @@
-"""Where a run happened: versions, machine, device; plus the definitions every report carries."""
+"""Where a run happened: versions, machine, device."""
 
 from __future__ import annotations
 
@@ -10,25 +10,6 @@ import re
 import sys
 
 from compress.errors import BadInput
-
-DEFINITIONS = {
-    "wikitext2.nll": "mean token negative log-likelihood (nats) over the same windows.",
-    "kld.mean": "mean over windows of the per-token KL(baseline || compressed) in nats, both "
-    "from full-vocabulary softmax of the same windows (baseline logits computed once).",
-    "kld.top1_agreement": "share of scored positions where both models' argmax tokens agree.",
-    "prefill.latency_ms": "wall time of one forward pass over the fixed profile prompt (batch "
-    "1, KV cache on), median over timed repeats after warm-up.",
-    "decode.tokens_per_s": "greedy decode, batch 1, one token per forward with the KV cache; "
-    "tokens / summed step time per repeat; median over repeats.",
-    "memory.peak_rss_bytes": "peak resident set size of a fresh process holding only that model, "
-    "sampled every few ms during the timed generation (CPU).",
-    "weights.bytes": "bytes of parameters and buffers as held in memory; storage shared by tied "
-    "weights counted once.",
-    "disk.artifact_bytes": "baseline: the source weights file; compressed: the saved folder.",
-    "energy.joules_per_token": "NVML (CUDA) or RAPL energy counters over the timed decode, per "
-    "token; 'estimated' when derived from a stated power; 'unavailable' otherwise (never 0).",
-    "cost.usd_per_million_tokens": "stated USD per device-hour / (decode tokens/s x 3600) x 1e6.",
-}
 
 
 def check_device(device: str) -> None:

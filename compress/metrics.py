@@ -15,42 +15,104 @@ from compress.errors import did_you_mean
 
 @dataclass(frozen=True)
 class Metric:
-    """What a metric means and which way is better; `workload` metrics depend on the batch
-    size / prompt length they were measured at, so a gate may name them with a suffix."""
+    """One metric, defined once: what it means, its unit, which way is better, which part of
+    a run produces it (`producer`: a recipe section that must be enabled for a gate on it to
+    be decidable), and whether it depends on the batch size / prompt length (`workload`: a
+    gate may then name it with a suffix)."""
 
     description: str
     higher_is_better: bool
     workload: bool = False
+    unit: str = ""
+    producer: str = "stages"
+    definition: str = ""
 
 
-#: Base metric names a gate may name: "<group>.<measure>" -> Metric. `e2e.tokens_per_s` is
-#: generated tokens / wall time of prefill + decode for one batch of requests. Workload
-#: metrics also take one suffix: `<base>@bs<N>` (batch size N) or `<base>@p<N>` (prompt
-#: length N), e.g. `decode.tokens_per_s@bs8`, `prefill.tokens_per_s@p512`.
-KNOWN_METRICS: dict[str, Metric] = {
-    name: Metric(description, higher_is_better=better == "higher", workload=workload)
-    for name, better, workload, description in (
-        ("wikitext2.perplexity", "lower", False, "WikiText-2 test perplexity"),
-        ("wikitext2.nll", "lower", False, "mean token negative log-likelihood, nats"),
-        ("kld.mean", "lower", False, "mean KL(baseline || compressed) per token, nats"),
-        ("kld.top1_agreement", "higher", False, "share of tokens whose argmax matches"),
-        ("decode.tokens_per_s", "higher", True, "decode throughput (batch 1 unless @bsN)"),
-        ("decode.latency_ms_per_token", "lower", True, "decode step time, median (p50)"),
-        ("decode.latency_ms_p90", "lower", True, "decode step time, 90th percentile"),
-        ("decode.latency_ms_p99", "lower", True, "decode step time, 99th percentile"),
-        ("prefill.latency_ms", "lower", True, "prefill latency for the profile prompt"),
-        ("prefill.tokens_per_s", "higher", True, "prefill throughput"),
-        ("e2e.tokens_per_s", "higher", True, "generated tokens / (prefill + decode) time"),
-        ("memory.peak_rss_bytes", "lower", True, "peak process memory while generating, CPU"),
-        ("memory.peak_allocated_bytes", "lower", True, "peak torch.cuda allocated memory"),
-        ("memory.peak_reserved_bytes", "lower", True, "peak torch.cuda reserved memory"),
-        ("memory.rss_after_load_bytes", "lower", False, "process memory after loading the model"),
-        ("weights.bytes", "lower", False, "bytes of weights as held in memory"),
-        ("disk.artifact_bytes", "lower", False, "size of the model files on disk"),
-        ("energy.joules_per_token", "lower", True, "decode energy per generated token"),
-        ("cost.usd_per_million_tokens", "lower", True, "serving cost per 1M decoded tokens"),
+_WINDOWS = "over the perplexity windows"
+_PAIRED = (
+    " Measured in fresh processes interleaved with the baseline's; each process gives one "
+    "value (its median over repeats / steps), the run value is their geometric mean."
+)
+
+#: Metrics every run may produce: "<group>.<measure>" -> Metric. Producers add their own with
+#: `register_metric` (eval tasks: `<task>.<metric>`). Workload metrics take one suffix:
+#: `<base>@bs<N>` (batch size N) or `<base>@p<N>` (prompt length N).
+KNOWN_METRICS: dict[str, Metric] = {}
+
+
+def register_metric(name: str, metric: Metric) -> Metric:
+    """Define a metric (once: a second, different definition of a name is an error)."""
+    old = KNOWN_METRICS.get(name)
+    if old is not None and old != metric:
+        raise ValueError(f"metric '{name}' is already defined differently ({old.description})")
+    KNOWN_METRICS[name] = metric
+    return metric
+
+
+for _name, _better, _workload, _unit, _producer, _description, _definition in (
+    ("wikitext2.perplexity", "lower", False, "ppl", "eval.wikitext2",
+     "WikiText-2 test perplexity", "exp(mean token NLL) over the scored windows."),
+    ("wikitext2.nll", "lower", False, "nats/token", "eval.wikitext2",
+     "mean token negative log-likelihood",
+     "mean token negative log-likelihood (nats) over the same windows."),
+    ("kld.mean", "lower", False, "nats/token", "eval.kld",
+     "mean KL(baseline || compressed) per token",
+     "mean over windows of the per-token KL(baseline || compressed) in nats, both from the "
+     "full-vocabulary softmax of the same windows (baseline logits computed once)."),
+    ("kld.top1_agreement", "higher", False, "fraction", "eval.kld",
+     "share of tokens whose argmax matches",
+     f"share of scored positions {_WINDOWS} where both models' argmax tokens agree."),
+    ("decode.tokens_per_s", "higher", True, "tokens/s", "profile",
+     "decode throughput (batch 1 unless @bsN)",
+     "greedy decode with the KV cache after the profile prompt: batch x 1000 / median step "
+     "time (ms)." + _PAIRED),
+    ("decode.latency_ms_per_token", "lower", True, "ms", "profile",
+     "decode step time, median (p50)", "median decode step time." + _PAIRED),
+    ("decode.latency_ms_p90", "lower", True, "ms", "profile",
+     "decode step time, 90th percentile", "90th percentile decode step time." + _PAIRED),
+    ("decode.latency_ms_p99", "lower", True, "ms", "profile",
+     "decode step time, 99th percentile", "99th percentile decode step time." + _PAIRED),
+    ("prefill.latency_ms", "lower", True, "ms", "profile",
+     "prefill latency for the profile prompt",
+     "one forward pass over the prompt (KV cache on), median over timed repeats." + _PAIRED),
+    ("prefill.tokens_per_s", "higher", True, "tokens/s", "profile", "prefill throughput",
+     "prompt tokens x batch / prefill latency." + _PAIRED),
+    ("e2e.tokens_per_s", "higher", True, "tokens/s", "profile",
+     "generated tokens / (prefill + decode) time",
+     "one batch of requests: generated tokens / wall time of prefill + decode." + _PAIRED),
+    ("memory.peak_rss_bytes", "lower", True, "bytes", "profile",
+     "peak process memory while generating, CPU",
+     "peak resident set size (VmHWM, reset before the timed phase) of a fresh process holding "
+     "only that model."),
+    ("memory.peak_allocated_bytes", "lower", True, "bytes", "profile",
+     "peak torch.cuda allocated memory", "torch.cuda.max_memory_allocated over the timed phase."),
+    ("memory.peak_reserved_bytes", "lower", True, "bytes", "profile",
+     "peak torch.cuda reserved memory", "torch.cuda.max_memory_reserved over the timed phase."),
+    ("memory.rss_after_load_bytes", "lower", False, "bytes", "profile",
+     "process memory after loading the model", "resident set size right after loading."),
+    ("weights.bytes", "lower", False, "bytes", "stages", "bytes of weights as held in memory",
+     "bytes of parameters and buffers as held in memory; storage shared by tied weights "
+     "counted once."),
+    ("disk.artifact_bytes", "lower", False, "bytes", "stages", "size of the model files on disk",
+     "baseline: the source weights file; compressed: the saved folder."),
+    ("energy.joules_per_token", "lower", True, "J/token", "profile",
+     "decode energy per generated token",
+     "NVML (CUDA) or RAPL energy counters over the timed decode, per token; 'estimated' when "
+     "derived from a stated power; 'unavailable' when no counter moved (never 0)."),
+    ("cost.usd_per_million_tokens", "lower", True, "USD/1M tokens", "profile",
+     "serving cost per 1M decoded tokens",
+     "stated USD per device-hour / (decode tokens/s x 3600) x 1e6."),
+):  # fmt: skip
+    register_metric(
+        _name,
+        Metric(_description, _better == "higher", _workload, _unit, _producer, _definition),
     )
-}
+
+
+def definitions() -> dict[str, str]:
+    """name -> definition text, for every report."""
+    return {n: m.definition or m.description for n, m in KNOWN_METRICS.items()}
+
 
 _SUFFIX = re.compile(r"^(?P<base>[^@]+)@(?P<kind>bs|p)(?P<n>[1-9][0-9]*)$")
 _SUFFIX_MEANING = {"bs": "batch size", "p": "prompt length"}

@@ -15,9 +15,10 @@ from pathlib import Path
 from compress import __version__, stats
 from compress.checks import check_finite_output
 from compress.data import WIKITEXT2_DEFINITION, token_windows, wikitext2_test
-from compress.environment import DEFINITIONS, environment, resolve_device
+from compress.environment import environment, resolve_device
 from compress.errors import EXIT_INTERNAL, failure_fields, stage_errors
 from compress.handle import ModelHandle
+from compress.metrics import definitions
 from compress.recipe import Recipe
 from compress.report.io import atomic_write_text, new_run_dir, utc_stamp
 from compress.report.schema import Measurement, Report, RunRecord
@@ -246,7 +247,7 @@ def _run(
         recipe=recipe_dump,
         environment=environment(device),
         data=data,
-        definitions=dict(DEFINITIONS, **{"wikitext2.perplexity": WIKITEXT2_DEFINITION}),
+        definitions=dict(definitions(), **{"wikitext2.perplexity": WIKITEXT2_DEFINITION}),
         baseline=baseline,
         compressed=compressed,
         comparisons=comparisons,

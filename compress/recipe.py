@@ -173,6 +173,30 @@ class Recipe(Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _gates_producible(self) -> Recipe:
+        """A gate on a metric this recipe turns off is refused now, not left 'inconclusive'
+        after a long run."""
+        off = {
+            "eval.wikitext2": self.eval.wikitext2 is None,
+            "eval.kld": self.eval.wikitext2 is None
+            or not (self.eval.kld and self.eval.kld.enabled),
+            "profile": not self.profile.enabled,
+        }
+        how = {
+            "eval.wikitext2": "set eval.wikitext2 (e.g. {seq_len: 2048, max_windows: 40})",
+            "eval.kld": "set eval.kld: {enabled: true} (it scores the eval.wikitext2 windows)",
+            "profile": "set profile.enabled: true",
+        }
+        for i, g in enumerate(self.gates):
+            producer = metric_info(g.metric).producer
+            if off.get(producer):
+                raise ValueError(
+                    f"gates.{i}: {g.metric} is produced by {producer}, which this recipe turns "
+                    f"off, so the gate could never be decided; {how[producer]} or drop the gate"
+                )
+        return self
+
     @field_validator("name")
     @classmethod
     def _slug(cls, v: str) -> str:

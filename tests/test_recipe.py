@@ -173,3 +173,65 @@ def test_recipe_object_does_not_check_paths():
     """A saved report's recipe may name a path of another machine: `compress gate` re-reads
     it without the `model:` check (only load_recipe, i.e. validate and apply, checks)."""
     assert parse_recipe(_recipe(model="/elsewhere/model")).model == "/elsewhere/model"
+
+
+def test_every_metric_is_defined_once_with_unit_producer_and_definition():
+    from compress.metrics import definitions, register_metric
+
+    for name, m in KNOWN_METRICS.items():
+        assert (
+            m.unit
+            and m.definition
+            and m.producer
+            in {
+                "stages",
+                "profile",
+                "eval.wikitext2",
+                "eval.kld",
+            }
+        ), name
+    assert set(definitions()) == set(KNOWN_METRICS)
+    same = KNOWN_METRICS["kld.mean"]
+    assert register_metric("kld.mean", same) is same  # re-registering the same: fine
+    with pytest.raises(ValueError, match="already defined"):
+        register_metric("kld.mean", Metric("other", higher_is_better=True))
+
+
+def test_a_registered_task_metric_can_be_gated(monkeypatch):
+    from compress.metrics import register_metric
+
+    with pytest.raises(BadInput, match="unknown metric 'arc_easy.acc'"):
+        parse_recipe(_recipe(gates=[{"metric": "arc_easy.acc", "min_value": 0.5}]))
+    acc = Metric("accuracy", higher_is_better=True, unit="fraction", producer="stages")
+    monkeypatch.setitem(KNOWN_METRICS, "arc_easy.acc", acc)  # removed again after the test
+    register_metric("arc_easy.acc", acc)  # what an eval task does when its spec loads
+    r = parse_recipe(_recipe(gates=[{"metric": "arc_easy.acc", "min_value": 0.5}]))
+    assert r.gates[0].metric == "arc_easy.acc"
+
+
+@pytest.mark.parametrize(
+    ("over", "metric", "fix"),
+    [
+        ({"eval": {"kld": None}}, "kld.mean", "eval.kld: {enabled: true}"),
+        ({"eval": {"kld": {"enabled": False}}}, "kld.top1_agreement", "eval.kld"),
+        ({"eval": {"wikitext2": None}}, "kld.mean", "eval.kld"),
+        ({"eval": {"wikitext2": None}}, "wikitext2.perplexity", "set eval.wikitext2"),
+        ({"profile": {"enabled": False}}, "decode.tokens_per_s@bs8", "profile.enabled: true"),
+    ],
+)
+def test_gate_on_a_metric_the_recipe_turns_off_is_refused_at_validate(over, metric, fix):
+    gate = {"metric": metric, "max_value": 1e9}
+    with pytest.raises(BadInput, match=r"gates\.0") as e:
+        parse_recipe(_recipe(gates=[gate], **over))
+    assert fix in str(e.value) and "could never be decided" in str(e.value)
+
+
+def test_gates_on_produced_metrics_including_kld_are_accepted():
+    gates = [
+        {"metric": "kld.mean", "max_value": 0.05},
+        {"metric": "kld.top1_agreement", "min_value": 0.9},
+        {"metric": "weights.bytes", "max_ratio": 0.5},
+    ]
+    assert len(parse_recipe(_recipe(gates=gates)).gates) == 3
+    no_profile = _recipe(gates=gates[2:], profile={"enabled": False})
+    assert parse_recipe(no_profile).gates[0].metric == "weights.bytes"
