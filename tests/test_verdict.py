@@ -1,9 +1,9 @@
-"""compress.pipeline._notes: what the report says in words about its own numbers."""
+"""compress.verdict.notes: what the report says in words about its own numbers."""
 
 from types import SimpleNamespace
 
-from compress.pipeline import _notes
 from compress.report.schema import Comparison
+from compress.verdict import notes as _notes
 
 
 def _cmp(metric, verdict, base=10.0, comp=5.0, unit="tokens/s"):
