@@ -38,14 +38,12 @@ from pydantic import Field, model_validator
 
 from compress._config import StageBase
 from compress.methods.registry import StageContext, StageRecord, register
+from compress.runtimes.onnx_common import NBITS_ACCURACY, require_package
 
 log = logging.getLogger(__name__)
 
-INSTALL = "pip install onnx onnxruntime onnxscript  (or: pip install -e .[onnx])"
 MAX_INLINE_BYTES = 2_000_000_000  # protobuf's 2 GB limit on one serialized ModelProto
 NBITS_BLOCK_SIZES = (16, 32, 64, 128, 256)
-NBITS_ACCURACY = 4  # MatMulNBits accuracy_level 4: int8 activations, int32 accumulation
-WRAPPER_PREFIX = "model."  # the export wrapper holds the HF model as `self.model`
 
 
 class OnnxInt8Config(StageBase):
@@ -76,19 +74,6 @@ class OnnxInt8Config(StageBase):
                     "one scale per output channel and block"
                 )
         return self
-
-
-def require_package(module: str):
-    import importlib
-
-    from compress.errors import BadInput
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise BadInput(
-            f"onnx_int8 needs the '{module.split('.')[0]}' package ({e}).", fix=INSTALL
-        ) from None
 
 
 @register(OnnxInt8Config)

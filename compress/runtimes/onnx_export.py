@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from compress.methods.onnx_int8 import require_package
+from compress.runtimes.onnx_common import require_package
 from compress.runtimes.onnx_graph import (
     fold_weight_transposes,
     name_linear_nodes,

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from compress.methods.onnx_int8 import NBITS_ACCURACY, WRAPPER_PREFIX, require_package
+from compress.runtimes.onnx_common import NBITS_ACCURACY, WRAPPER_PREFIX, require_package
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from compress.methods import run_stage
 from compress.methods.rtn import RTNConfig
-from compress.methods.rtn import apply as rtn
 from compress.profile.kernels import apply_policy, choose_policy, describe
 from compress.quant.modules import Int4Linear, Int8Linear, set_paths
 from compress.testing import tiny_handle
@@ -17,7 +17,7 @@ from compress.testing import tiny_handle
 
 def _int8_model():
     h = tiny_handle(seed=3)
-    rtn(h, RTNConfig(method="rtn", bits=8, targets=["Linear"], ignore=[]))
+    run_stage(h, RTNConfig(method="rtn", bits=8, targets=["Linear"], ignore=[]))
     return h
 
 
@@ -82,7 +82,9 @@ def test_choice_is_recorded_and_replays_on_a_fresh_copy():
 def test_float32_parts_keep_weight_storage():
     """The float32 candidate changes the residual stream, not the bytes of float weights."""
     h = tiny_handle(seed=2)
-    rtn(h, RTNConfig(method="rtn", bits=4, group_size=32, targets=["Linear"], ignore=["lm_head"]))
+    run_stage(
+        h, RTNConfig(method="rtn", bits=4, group_size=32, targets=["Linear"], ignore=["lm_head"])
+    )
     emb = h.model.get_input_embeddings()
     assert emb.weight.dtype == torch.bfloat16
     apply_policy(h.model, {"float_dtype": "float32", "rows_threshold": 1, "paths": {}})
