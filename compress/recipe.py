@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from compress._config import Strict
 from compress.errors import BadInput, did_you_mean
-from compress.methods import StageConfig, method_names
+from compress.methods import StageConfig, method_names, needs_calibration
 from compress.metrics import KNOWN_METRICS as KNOWN_METRICS  # re-exported
 from compress.metrics import Metric as Metric
 from compress.metrics import direction_problem, metric_info
@@ -161,9 +161,7 @@ class Recipe(Strict):
     @model_validator(mode="after")
     def _calibration_present(self) -> Recipe:
         needy = [
-            f"stages.{i} ({s.method})"
-            for i, s in enumerate(self.stages)
-            if getattr(s, "needs_calibration", False)
+            f"stages.{i} ({s.method})" for i, s in enumerate(self.stages) if needs_calibration(s)
         ]
         if needy and self.calibration is None:
             raise ValueError(

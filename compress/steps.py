@@ -116,14 +116,16 @@ def compress(st: RunState) -> None:
         scratch_dir=st.run_dir / ".scratch",
         calibration_loader=calibration if needed else None,
     )
+    before = weight_bytes(comp.model)
     for i, stage in enumerate(recipe.stages):
         log.info("stage %d: %s", i, stage.method)
         name = f"compress: stages.{i} ({stage.method})"
-        before = weight_bytes(comp.model)
         with stage_errors(name):  # a crash: exit 4 naming the stage; BadInput stays 2
             record = METHODS[stage.method].apply(ctx, stage)
             check_finite_output(comp, stage=name)  # NaN/inf output: exit 1 naming the stage
-        record = record.measured(before, weight_bytes(comp.model))
+        after = weight_bytes(comp.model)
+        record = record.measured(before, after)
+        before = after
         config = stage.model_dump(mode="json")
         comp.stages.append(record.model_copy(update={"config": config}).model_dump(mode="json"))
     shutil.rmtree(st.run_dir / ".scratch", ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
 from compress import __version__
 from compress.data import WIKITEXT2_DEFINITION
@@ -18,8 +19,6 @@ COST_GROUPS = ("decode.", "prefill.", "memory.", "weights.", "disk.", "energy.",
 
 def judge(st: RunState) -> Report:
     """Both models' records, comparisons (paired where samples are), cost, gates, exit code."""
-    import time
-
     import torch
 
     from compress.cost import cost_measurements, summarize

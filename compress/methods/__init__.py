@@ -65,7 +65,7 @@ def run_stage(
     ctx = StageContext(
         model=handle,
         baseline=baseline,
-        device=str(getattr(handle, "device", "cpu")),
+        device=handle.device,
         calibration_loader=(lambda: calibration) if calibration is not None else None,
         **context,
     )

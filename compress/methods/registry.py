@@ -110,10 +110,6 @@ class Method:
     config: type[BaseModel]
     apply: ApplyFn
 
-    @property
-    def needs_calibration(self) -> bool:
-        return bool(getattr(self.config, "needs_calibration", False))
-
 
 _REGISTRY: dict[str, Method] = {}
 
