@@ -80,8 +80,9 @@ def main() -> None:
             res = run_one(REPO / path, "auto", args.windows, args.data_dir, out, progress=True)
             quick = None if args.skip_quick else run_quick(path, args.data_dir, Path(tmp) / "q")
             r = res["report"]
-            c = {x.metric: x for x in r.comparisons}
-            kld = r.compressed.get("kld.mean")
+            v = r.variants[0]  # these recipes have one variant
+            c = {x.metric: x for x in v.comparisons}
+            kld = v.record.get("kld.mean")
             ppl = c["wikitext2.perplexity"]
             rows.append((label, c, kld, ppl, res["wall_s"], quick, r))
             out_json[label] = {

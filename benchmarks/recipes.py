@@ -51,16 +51,17 @@ def _ratio(c) -> str:
 
 def summarize(name: str, res: dict) -> dict:
     r = res["report"]
-    c = {x.metric: x for x in r.comparisons}
+    v = r.variants[0]  # one-variant recipes
+    c = {x.metric: x for x in v.comparisons}
     ppl = c.get("wikitext2.perplexity")
-    kld = next((m for m in r.compressed.measurements if m.name == "kld.mean"), None)
+    kld = next((m for m in v.record.measurements if m.name == "kld.mean"), None)
     dec = c.get("decode.tokens_per_s")
     energy = c.get("energy.joules_per_token")
     return {
         "recipe": name,
-        "stages": [s.get("summary") for s in r.compressed.stages],
-        "kernels": [s.get("kernel") for s in r.compressed.stages],
-        "stage_s": [round(s.get("seconds") or 0, 1) for s in r.compressed.stages],
+        "stages": [s.get("summary") for s in v.record.stages],
+        "kernels": [s.get("kernel") for s in v.record.stages],
+        "stage_s": [round(s.get("seconds") or 0, 1) for s in v.record.stages],
         "decode_tok_s": [dec.baseline, dec.compressed] if dec else None,
         "decode": _ratio(dec),
         "prefill": _ratio(c.get("prefill.tokens_per_s")),
@@ -69,7 +70,7 @@ def summarize(name: str, res: dict) -> dict:
         "ppl": [ppl.baseline, ppl.compressed] if ppl else None,
         "ppl_delta_ci95": ppl.delta_ci95 if ppl else None,
         "kld": kld.value if kld else None,
-        "gates": [f"{g.metric} {g.status}" for g in r.gates],
+        "gates": [f"{g.metric} {g.status}" for g in v.gates],
         "exit_code": r.exit_code,
         "apply_s": round(res["wall_s"], 1),
         "run_dir": str(res["run_dir"]),

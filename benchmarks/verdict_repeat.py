@@ -45,7 +45,7 @@ def main() -> None:
                 print(f"run {i + 1}: exit {proc.returncode}, no report\n{proc.stderr[-2000:]}")
                 codes.append(proc.returncode)
                 continue
-            r = json.loads(reports[-1].read_text())
+            r = json.loads(reports[-1].read_text())["variants"][0]  # one-variant recipes
             cmp = {c["metric"]: c for c in r["comparisons"]}
             d = cmp["decode.tokens_per_s"]
             gates = ", ".join(f"{g['metric']} {g['status']}" for g in r["gates"])

@@ -141,9 +141,10 @@ def apply(
             raise
         _fail(e)  # Ctrl-C -> 130, SIGTERM -> 143, after failure.json was written
     _print_summary(report)
+    models_at = ", ".join(str(v.record.model.get("spec")) for v in report.variants)
     out.print(
         f"\nreport: [bold]{run_dir / 'report.md'}[/]  (json: {run_dir / 'report.json'}, "
-        f"model: {run_dir / 'model'})"
+        f"model{'s' if len(report.variants) > 1 else ''}: {models_at})"
     )
     raise typer.Exit(report.exit_code)
 
@@ -151,33 +152,47 @@ def apply(
 def _print_summary(report) -> None:
     from compress.report.markdown import _ratio, _unit_label, fmt
 
-    t = Table(title=f"{report.recipe['name']}: baseline vs compressed", show_lines=False)
-    for col in ("metric", "unit", "better", "baseline", "compressed", "ratio [95% CI]", "verdict"):
+    vs = report.variants
+    one = len(vs) == 1
+    title = "baseline vs compressed" if one else f"baseline vs {len(vs)} variants"
+    t = Table(title=f"{report.recipe['name']}: {title}", show_lines=False)
+    for col in ("metric", "unit", "better", "baseline"):
         t.add_column(col)
-    for c in report.comparisons:
-        t.add_row(
-            c.metric,
-            _unit_label(c.unit),
-            "higher" if c.higher_is_better else "lower",
-            fmt(c.baseline, c.unit),
-            fmt(c.compressed, c.unit),
-            _ratio(c),
-            c.verdict,
-        )
+    for v in vs:
+        t.add_column(f"{v.name} ratio [95% CI]" if not one else v.name)
+        if one:
+            t.add_column("ratio [95% CI]")
+        t.add_column("verdict")
+    metrics = list(dict.fromkeys(c.metric for v in vs for c in v.comparisons))
+    for name in metrics:
+        cs = [v.comparison(name) for v in vs]
+        first = next(c for c in cs if c is not None)
+        row = [name, _unit_label(first.unit), "higher" if first.higher_is_better else "lower"]
+        row.append(fmt(first.baseline, first.unit))
+        for c in cs:
+            if c is None:
+                row += ["n/a"] * (3 if one else 2)
+            else:
+                row += ([fmt(c.compressed, c.unit)] if one else []) + [_ratio(c), c.verdict]
+        t.add_row(*row)
     out.print(t)
-    for m in report.compressed.measurements:
-        if m.name.startswith("kld."):
-            out.print(f"{m.name}: {fmt(m.value, m.unit)} {m.unit} (n={m.n})")
-    if report.cost:
-        out.print(f"\n[bold]{report.cost.headline}[/]")
-    _print_gates(report.gates, report.exit_code)
+    for v in vs:
+        label = "" if one else f"{v.name}: "
+        for m in v.record.measurements:
+            if m.name.startswith("kld."):
+                out.print(f"{label}{m.name}: {fmt(m.value, m.unit)} {m.unit} (n={m.n})")
+        if v.cost:
+            out.print(f"\n[bold]{escape(label + v.cost.headline)}[/]")
+        _print_gates(v.gates, v.exit_code, title="gates" if one else f"gates: {v.name}")
+    if not one:
+        out.print(f"exit code {report.exit_code} (the worst of the variants')")
 
 
-def _print_gates(gates, code: int) -> None:
+def _print_gates(gates, code: int, title: str = "gates") -> None:
     if not gates:
-        out.print("no gates in the recipe: exit 0")
+        out.print(f"{title}: none, exit 0")
         return
-    t = Table(title="gates")
+    t = Table(title=title)
     for col in ("metric", "rule", "threshold", "observed", "status"):
         t.add_column(col)
     color = {"pass": "green", "fail": "red", "inconclusive": "yellow"}
@@ -199,10 +214,13 @@ def validate(recipe: Path = typer.Argument(..., help="YAML recipe to check")):
         r, _ = _read_recipe(recipe)
     except BaseException as e:  # noqa: BLE001
         _fail(e)
-    stages = ", ".join(s.method for s in r.stages)
+    variants = "; ".join(
+        f"{v.name}: {', '.join(s.method for s in v.stages)}" for v in r.variant_list
+    )
     out.print(
         f"[green]ok[/]: {escape(str(recipe))} -> name '{escape(r.name)}', model "
-        f"'{escape(r.model)}', stages: {stages}; {len(r.gates)} gate(s)",
+        f"'{escape(r.model)}', {len(r.variant_list)} variant(s) ({escape(variants)}); "
+        f"{len(r.gates) + sum(len(v.gates) for v in r.variant_list)} gate(s)",
         highlight=False,
     )
 
@@ -246,20 +264,20 @@ def models(
 def _load_report(path: Path):
     from pydantic import ValidationError
 
-    from compress.report.schema import Report
+    from compress.report.schema import parse_report
 
     p = path / "report.json" if path.is_dir() else path
     if not p.is_file():
         raise BadInput(f"No report at '{p}'.", fix="Pass a run folder or its report.json.")
     try:
-        return Report.model_validate_json(p.read_text(encoding="utf-8")), p
+        return parse_report(p.read_text(encoding="utf-8")), p
     except ValidationError as e:
         raise BadInput(
-            f"'{p}' is not a compress report of this version: "
+            f"'{p}' is not a compress report this version reads: "
             f"{e.errors()[0]['loc']}: {e.errors()[0]['msg']}."
         ) from None
     except (ValueError, UnicodeDecodeError) as e:
-        raise BadInput(f"'{p}' is not valid JSON: {e}.") from None
+        raise BadInput(f"'{p}' is not a report this version reads: {e}.") from None
 
 
 @app.command()
@@ -283,27 +301,37 @@ def gate(
         None, "--gates", help="YAML with `gates:` (else the recipe's)"
     ),
 ):
-    """Re-check a saved report against gates; exit 0 pass, 1 fail, 3 inconclusive, 2 bad input."""
+    """Re-check a saved report against gates; exit 0 pass, 1 fail, 3 inconclusive, 2 bad input.
+    Each variant that is not a control is checked; the exit code is the worst."""
     try:
         from compress.gate import check, exit_code
         from compress.recipe import parse_gates, parse_recipe
 
         rep, where = _load_report(report_json)
-        gate_list = (
-            parse_gates(gates)
-            if gates
-            else parse_recipe(
-                {k: v for k, v in rep.recipe.items() if not k.startswith("_")},
-                source=f"{where} (its recipe)",
-            ).gates
+        recipe = parse_recipe(
+            {k: v for k, v in rep.recipe.items() if not k.startswith("_")},
+            source=f"{where} (its recipe)",
         )
-        results = check(gate_list, rep.comparisons, rep.compressed)
-        code = exit_code(results)
+        extra = parse_gates(gates) if gates else None
+        specs = {v.name: v for v in recipe.variant_list}
+        results = {}
+        for v in rep.variants:
+            spec = specs.get(v.name)
+            if extra is not None:
+                gate_list = [] if v.control else extra
+            else:
+                gate_list = recipe.gates_for(spec) if spec else recipe.gates
+            results[v.name] = check(gate_list, v.comparisons, v.record)
+        code = exit_code([g for rs in results.values() for g in rs])
     except BaseException as e:  # noqa: BLE001
         if isinstance(e, typer.Exit):
             raise
         _fail(e)
-    _print_gates(results, code)
+    for name, rs in results.items():
+        title = "gates" if len(results) == 1 else f"gates: {name}"
+        _print_gates(rs, exit_code(rs), title=title)
+    if len(results) > 1:
+        out.print(f"exit code {code} (the worst of the variants')")
     raise typer.Exit(code)
 
 

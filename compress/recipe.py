@@ -7,20 +7,20 @@ expected and, for near misses, what was probably meant.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from compress._config import Strict
-from compress.errors import BadInput, did_you_mean
-from compress.methods import StageConfig, method_names, needs_calibration
+from compress.errors import BadInput
+from compress.methods import StageConfig, needs_calibration
 from compress.metrics import KNOWN_METRICS as KNOWN_METRICS  # re-exported
 from compress.metrics import Metric as Metric
 from compress.metrics import direction_problem, metric_info
+from compress.recipe_errors import format_validation_error
 
 SCHEMA_VERSION = 1
 
@@ -145,24 +145,91 @@ THRESHOLDS = (
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
 
+def _slug_problem(v: str) -> str | None:
+    if not _NAME.match(v):
+        return "expected letters, digits, '.', '_' or '-' (a folder name), 1-80 chars"
+    return None
+
+
+class Variant(Strict):
+    """One way to compress the model. Every variant starts from the same baseline and is
+    evaluated on the same windows and timed in the same interleaved rounds as the others."""
+
+    name: str = Field(description="column heading and folder name (models/<name>/)")
+    description: str = ""
+    stages: list[StageConfig] = Field(min_length=1)
+    control: bool = Field(
+        False,
+        description="a reference point (e.g. a plain bfloat16 cast): reported beside the "
+        "others but not gated by the recipe's gates",
+    )
+    gates: list[Gate] = Field([], description="gates for this variant only (added to the recipe's)")
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        problem = _slug_problem(v)
+        if problem:
+            raise ValueError(problem)
+        if v == "baseline":
+            raise ValueError("'baseline' names the uncompressed model; pick another name")
+        return v
+
+
 class Recipe(Strict):
     name: str = Field(description="run name; reports go to reports/<name>/<UTC timestamp>/")
     description: str = ""
     model: str = Field(description="packaged alias, hub id, local HF directory or .gguf path")
     trust_remote_code: bool = False
     seed: int = 0
-    stages: list[StageConfig] = Field(min_length=1)
+    stages: list[StageConfig] | None = Field(
+        None, min_length=1, description="one variant's stages (shorthand for one variant)"
+    )
+    variants: list[Variant] | None = Field(
+        None, min_length=1, description="several variants measured against one baseline"
+    )
     calibration: Calibration | None = None
     eval: EvalConfig = EvalConfig()
     profile: ProfileConfig = ProfileConfig()
     cost: CostConfig = CostConfig()
-    gates: list[Gate] = []
+    gates: list[Gate] = Field([], description="applied to every variant that is not a control")
+
+    @property
+    def variant_list(self) -> list[Variant]:
+        """The variants to run: `variants:`, or `stages:` as one variant named 'compressed'."""
+        if self.variants is not None:
+            return self.variants
+        return [Variant(name="compressed", stages=self.stages or [])]
+
+    def gates_for(self, variant: Variant) -> list[Gate]:
+        return ([] if variant.control else list(self.gates)) + list(variant.gates)
+
+    def stage_paths(self) -> list[tuple[str, StageConfig]]:
+        """Every stage with its field path (stages.1, variants.0.stages.2)."""
+        if self.variants is None:
+            return [(f"stages.{i}", s) for i, s in enumerate(self.stages or [])]
+        return [
+            (f"variants.{j}.stages.{i}", s)
+            for j, v in enumerate(self.variants)
+            for i, s in enumerate(v.stages)
+        ]
+
+    @model_validator(mode="after")
+    def _stages_or_variants(self) -> Recipe:
+        if (self.stages is None) == (self.variants is None):
+            raise ValueError(
+                "a recipe needs exactly one of 'stages:' (one variant) or 'variants:' (a list "
+                "of {name, stages}); got " + ("both" if self.stages else "neither")
+            )
+        names = [v.name for v in self.variant_list]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"variant names must be unique; repeated: {', '.join(dup)}")
+        return self
 
     @model_validator(mode="after")
     def _calibration_present(self) -> Recipe:
-        needy = [
-            f"stages.{i} ({s.method})" for i, s in enumerate(self.stages) if needs_calibration(s)
-        ]
+        needy = [f"{path} ({s.method})" for path, s in self.stage_paths() if needs_calibration(s)]
         if needy and self.calibration is None:
             raise ValueError(
                 f"{', '.join(needy)} need calibration data but the recipe has no calibration "
@@ -186,11 +253,17 @@ class Recipe(Strict):
             "eval.kld": "set eval.kld: {enabled: true} (it scores the eval.wikitext2 windows)",
             "profile": "set profile.enabled: true",
         }
-        for i, g in enumerate(self.gates):
+        gates = [(f"gates.{i}", g) for i, g in enumerate(self.gates)]
+        gates += [
+            (f"variants.{j}.gates.{i}", g)
+            for j, v in enumerate(self.variants or [])
+            for i, g in enumerate(v.gates)
+        ]
+        for path, g in gates:
             producer = metric_info(g.metric).producer
             if off.get(producer):
                 raise ValueError(
-                    f"gates.{i}: {g.metric} is produced by {producer}, which this recipe turns "
+                    f"{path}: {g.metric} is produced by {producer}, which this recipe turns "
                     f"off, so the gate could never be decided; {how[producer]} or drop the gate"
                 )
         return self
@@ -198,10 +271,9 @@ class Recipe(Strict):
     @field_validator("name")
     @classmethod
     def _slug(cls, v: str) -> str:
-        if not _NAME.match(v):
-            raise ValueError(
-                "expected letters, digits, '.', '_' or '-' (a folder name), 1-80 chars"
-            )
+        problem = _slug_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
 
@@ -262,81 +334,7 @@ def parse_recipe(data: Any, *, source: str = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        raise BadInput(format_validation_error(e, data, source)) from None
-
-
-def _field_names_at(loc: tuple, data: Any) -> list[str]:
-    """The allowed keys of the model at `loc` (for 'did you mean')."""
-    model: Any = Recipe
-    node = data
-    for part in loc[:-1]:
-        if isinstance(node, list) and isinstance(part, int):
-            node = node[part] if part < len(node) else None
-            continue
-        if isinstance(part, str) and part in method_names():
-            continue
-        fields = getattr(model, "model_fields", {})
-        if part not in fields:
-            return []
-        ann = fields[part].annotation
-        node = node.get(part) if isinstance(node, dict) else None
-        model = _model_in(ann, node)
-    return list(getattr(model, "model_fields", {}))
-
-
-def _model_in(annotation: Any, node: Any) -> Any:
-    from typing import get_args
-
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation):
-        found = _model_in(arg, node)
-        if found is not None:
-            if isinstance(node, dict) and "method" in node:
-                from compress.methods import config_class
-
-                cls = config_class(str(node["method"]))
-                if cls is not None:
-                    return cls
-            return found
-    return None
-
-
-def format_validation_error(err: ValidationError, data: Any, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        loc = tuple(e["loc"])
-        path = ".".join(str(p) for p in loc if not (isinstance(p, str) and p in method_names()))
-        kind = e["type"]
-        if kind == "extra_forbidden":
-            allowed = _field_names_at(loc, data)
-            hint = did_you_mean(str(loc[-1]), allowed)
-            exp = f"; allowed here: {', '.join(allowed)}" if allowed else ""
-            lines.append(f"{path}: unknown field{hint}{exp}")
-        elif kind == "union_tag_invalid":
-            tag = e.get("ctx", {}).get("tag")
-            lines.append(
-                f"{path}.method: unknown method '{tag}'{did_you_mean(tag, method_names())}; "
-                f"expected one of: {', '.join(method_names())}"
-            )
-        elif kind == "union_tag_not_found":
-            lines.append(f"{path}: a stage needs 'method:' (one of {', '.join(method_names())})")
-        elif kind == "missing":
-            lines.append(f"{path}: required field is missing")
-        else:
-            got = e.get("input")
-            msg = e["msg"].removeprefix("Value error, ")
-            if isinstance(got, dict | list):  # a whole block: the message says what is wrong
-                lines.append(f"{path or 'recipe'}: {msg}")
-                continue
-            got_s = json.dumps(got, default=str)
-            if len(got_s) > 60:
-                got_s = got_s[:57] + "..."
-            lines.append(f"{path or 'recipe'}: {msg} (got {got_s})")
-    n = len(lines)
-    head = f"Recipe '{source}' has {n} problem{'s' if n > 1 else ''}:"
-    tail = "Fix the field(s) named above; `compress schema` prints every field and its type."
-    return head + "\n  - " + "\n  - ".join(lines) + "\n" + tail
+        raise BadInput(format_validation_error(e, data, source, Recipe)) from None
 
 
 def parse_gates(path: str | Path) -> list[Gate]:
@@ -359,4 +357,4 @@ def parse_gates(path: str | Path) -> list[Gate]:
     try:
         return _Gates.model_validate({"gates": data}).gates
     except ValidationError as e:
-        raise BadInput(format_validation_error(e, {"gates": data}, str(p))) from None
+        raise BadInput(format_validation_error(e, {"gates": data}, str(p), _Gates)) from None

@@ -21,9 +21,28 @@ from compress.checks import check_finite_output
 from compress.data import token_windows
 from compress.errors import stage_errors
 from compress.handle import ModelHandle, ModelSource
-from compress.recipe import Recipe
+from compress.recipe import Recipe, Variant
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class VariantRun:
+    """One variant through the run: its model, measurements and paired samples."""
+
+    spec: Variant
+    path: str  # its field path in the recipe: "" for `stages:`, "variants.N." otherwise
+    handle: ModelHandle | None = None
+    ms: list[dict] = field(default_factory=list)
+    model_dir: Path | None = None
+    policy: dict | None = None  # execution paths chosen on this host
+    runtime: str | None = None  # what executes it when not torch eager
+    paired: dict = field(default_factory=dict)  # metric -> paired samples / stats.Paired
+    context: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
 
 @dataclass
@@ -42,22 +61,26 @@ class RunState:
     data_dir: str | None
     t0: float = field(default_factory=time.perf_counter)
     base: ModelHandle | None = None
-    comp: ModelHandle | None = None
     windows: Any = None  # token windows [n, seq_len] for perplexity and KLD
     data: list[dict] = field(default_factory=list)  # provenance of every data set used
-    model_dir: Path | None = None
-    policy: dict | None = None  # execution paths chosen on this host
     base_ms: list[dict] = field(default_factory=list)
-    comp_ms: list[dict] = field(default_factory=list)
-    paired: dict = field(default_factory=dict)  # metric -> paired samples / stats.Paired
-    contexts: dict[str, dict] = field(default_factory=dict)
-    comp_runtime: str | None = None
+    base_context: dict = field(default_factory=dict)
+    variants: list[VariantRun] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        shorthand = self.recipe.variants is None
+        self.variants = [
+            VariantRun(spec=v, path="" if shorthand else f"variants.{j}.")
+            for j, v in enumerate(self.recipe.variant_list)
+        ]
+
+    def model_dir(self, v: VariantRun) -> Path:
+        """model/ for a one-variant recipe (`stages:`), models/<name>/ for `variants:`."""
+        return self.run_dir / "model" if not v.path else self.run_dir / "models" / v.name
 
 
 def load(st: RunState) -> None:
-    """The baseline (float32) and its copy to compress; the eval windows, tokenized once."""
-    import torch
-
+    """The baseline (float32) and the eval windows, tokenized once for every variant."""
     from compress import models
 
     log.info("loading baseline %s", st.recipe.model)
@@ -80,46 +103,57 @@ def load(st: RunState) -> None:
                 token_ids_sha256=ids_sha,
             )
         )
-    torch.manual_seed(st.recipe.seed)
-    st.comp = ModelHandle(
-        model=copy.deepcopy(st.base.model),
-        tokenizer=st.base.tokenizer,
-        source=st.base.source,
-        dtype=st.base.dtype,
-        device=st.device,
-    )
 
 
 def compress(st: RunState) -> None:
-    """The recipe's stages through the stage contract (records in `comp.stages`, weight bytes
-    around each stage measured here, not claimed); the artifact saved; host kernels chosen."""
-    from compress.methods import METHODS, StageContext, needs_calibration
+    """Every variant's stages on its own copy of the baseline, through the stage contract
+    (records in `handle.stages`, weight bytes around each stage measured here, not claimed);
+    each artifact saved; host kernels chosen. Calibration data is loaded once, if needed."""
+    from compress.methods import needs_calibration
     from compress.methods.calibrate import load_calibration
-    from compress.profile.memory import weight_bytes
-    from compress.quant.serialize import save_compressed
 
-    recipe, base, comp = st.recipe, st.base, st.comp
     held: dict = {}
 
     def calibration():  # loaded once, on first use by a stage that needs it
         if "set" not in held:
-            held["set"] = load_calibration(base.tokenizer, recipe.calibration, st.data_dir)
+            held["set"] = load_calibration(st.base.tokenizer, st.recipe.calibration, st.data_dir)
             st.data.append(held["set"].provenance)
         return held["set"]
 
-    needed = any(needs_calibration(s) for s in recipe.stages)
+    for v in st.variants:
+        needed = any(needs_calibration(s) for s in v.spec.stages)
+        _compress_variant(st, v, calibration if needed else None)
+    shutil.rmtree(st.run_dir / ".scratch", ignore_errors=True)
+
+
+def _compress_variant(st: RunState, v: VariantRun, calibration) -> None:
+    import torch
+
+    from compress.methods import METHODS, StageContext
+    from compress.profile.memory import weight_bytes
+    from compress.quant.serialize import save_compressed
+
+    base = st.base
+    torch.manual_seed(st.recipe.seed)  # each variant as if it ran alone
+    v.handle = comp = ModelHandle(
+        model=copy.deepcopy(base.model),
+        tokenizer=base.tokenizer,
+        source=base.source,
+        dtype=base.dtype,
+        device=st.device,
+    )
     ctx = StageContext(
         model=comp,
         baseline=base,
         device=st.device,
-        seed=recipe.seed,
-        scratch_dir=st.run_dir / ".scratch",
-        calibration_loader=calibration if needed else None,
+        seed=st.recipe.seed,
+        scratch_dir=st.run_dir / ".scratch" / v.name,
+        calibration_loader=calibration,
     )
     before = weight_bytes(comp.model)
-    for i, stage in enumerate(recipe.stages):
-        log.info("stage %d: %s", i, stage.method)
-        name = f"compress: stages.{i} ({stage.method})"
+    for i, stage in enumerate(v.spec.stages):
+        log.info("%sstage %d: %s", f"{v.name}: " if v.path else "", i, stage.method)
+        name = f"compress: {v.path}stages.{i} ({stage.method})"
         with stage_errors(name):  # a crash: exit 4 naming the stage; BadInput stays 2
             record = METHODS[stage.method].apply(ctx, stage)
             check_finite_output(comp, stage=name)  # NaN/inf output: exit 1 naming the stage
@@ -128,56 +162,56 @@ def compress(st: RunState) -> None:
         before = after
         config = stage.model_dump(mode="json")
         comp.stages.append(record.model_copy(update={"config": config}).model_dump(mode="json"))
-    shutil.rmtree(st.run_dir / ".scratch", ignore_errors=True)
-    st.model_dir = save_compressed(comp, st.run_dir / "model")
-    st.policy = _kernel_policy(comp, recipe.profile, st.device)
+    v.model_dir = save_compressed(comp, st.model_dir(v))
+    v.policy = _kernel_policy(comp, st.recipe.profile, st.device)
+    v.runtime = getattr(comp.model, "runtime", None) if comp.runtime != "torch" else None
 
 
 def evaluate(st: RunState) -> None:
-    """Weight bytes of both models; perplexity and KLD on the same windows, paired."""
-    from compress.evaluate.perplexity import evaluate_perplexity
+    """Weight bytes of every model; perplexity and KLD of every variant on the same windows,
+    the baseline's logits computed once per window (paired)."""
+    from compress.evaluate.perplexity import evaluate_many
     from compress.profile.memory import weight_bytes
 
     how = "parameters and buffers as held in memory, shared storage once"
     st.base_ms.append(exact("weights.bytes", weight_bytes(st.base.model), "bytes", how))
-    st.comp_ms.append(exact("weights.bytes", weight_bytes(st.comp.model), "bytes", how))
+    for v in st.variants:
+        v.ms.append(exact("weights.bytes", weight_bytes(v.handle.model), "bytes", how))
     if st.windows is None:
         return
     ev = st.recipe.eval
-    res = evaluate_perplexity(
+    res = evaluate_many(
         st.base.model,
-        st.comp.model,
+        {v.name: v.handle.model for v in st.variants},
         st.windows,
         device=st.device,
         kld=ev.kld is not None and ev.kld.enabled,
         progress=st.progress,
     )
     st.base_ms += res["baseline"]
-    st.comp_ms += res["compressed"]
-    pw = res["per_window"]
-    st.paired.update(
-        {
-            "wikitext2.perplexity": (pw["nll_base"], pw["nll_comp"]),
-            "wikitext2.nll": (pw["nll_base"], pw["nll_comp"]),
-        }
-    )
+    nll_base = res["baseline_per_window"]
+    for v in st.variants:
+        one = res["variants"][v.name]
+        v.ms += one["measurements"]
+        nll = one["per_window"]["nll_comp"]
+        v.paired.update({"wikitext2.perplexity": (nll_base, nll), "wikitext2.nll": (nll_base, nll)})
 
 
 def profile(st: RunState) -> None:
-    """Free the in-process models, then time both in interleaved fresh processes."""
+    """Free the in-process models, then time the baseline and every variant in interleaved
+    rounds of fresh processes (one process per model per round)."""
     from compress.profile.memory import dir_bytes
     from compress.profile.paired import Arm, profile_paired
 
-    recipe, comp = st.recipe, st.comp
-    st.comp_runtime = getattr(comp.model, "runtime", None) if comp.runtime != "torch" else None
+    recipe = st.recipe
     timing_copy = _baseline_for_timing(st.base, st.run_dir) if recipe.profile.enabled else None
-    del st.base.model, comp.model
+    del st.base.model
+    for v in st.variants:
+        del v.handle.model
     gc.collect()
     if recipe.profile.enabled:
-        arms = [
-            Arm("baseline", str(timing_copy or recipe.model), "float32"),
-            Arm("compressed", str(st.model_dir), comp.dtype, st.policy),
-        ]
+        arms = [Arm("baseline", str(timing_copy or recipe.model), "float32")]
+        arms += [Arm(v.name, str(v.model_dir), v.handle.dtype, v.policy) for v in st.variants]
         try:
             with stage_errors("profile"):
                 prof = profile_paired(
@@ -186,21 +220,31 @@ def profile(st: RunState) -> None:
         finally:
             if timing_copy is not None:
                 shutil.rmtree(timing_copy, ignore_errors=True)
-        for label, ms in (("baseline", st.base_ms), ("compressed", st.comp_ms)):
-            ms += [m for m in prof["measurements"][label] if m["name"] != "weights.bytes"]
-            st.contexts[label] = dict(prof["context"][label], timing_protocol=prof["protocol"])
-        if timing_copy is not None:
-            st.contexts["baseline"]["timed_from"] = (
-                f"an fp32 safetensors copy of the loaded baseline (identical tensors), saved "
-                f"once so each timing process loads it directly instead of converting "
-                f"'{recipe.model}' again; deleted after profiling"
-            )
-        st.paired.update(prof["paired"]["compressed"])
+        _take_profile(st, prof, timed_from=timing_copy is not None)
     kind = st.base.source.kind
     src = f"size of the source weights file ({kind})"
     st.base_ms.append(exact("disk.artifact_bytes", st.base.source.file_bytes, "bytes", src))
     saved = "size of the saved compressed model folder"
-    st.comp_ms.append(exact("disk.artifact_bytes", dir_bytes(st.model_dir), "bytes", saved))
+    for v in st.variants:
+        v.ms.append(exact("disk.artifact_bytes", dir_bytes(v.model_dir), "bytes", saved))
+
+
+def _take_profile(st: RunState, prof: dict, *, timed_from: bool) -> None:
+    def timed(label: str) -> list[dict]:
+        return [m for m in prof["measurements"][label] if m["name"] != "weights.bytes"]
+
+    st.base_ms += timed("baseline")
+    st.base_context = dict(prof["context"]["baseline"], timing_protocol=prof["protocol"])
+    if timed_from:
+        st.base_context["timed_from"] = (
+            f"an fp32 safetensors copy of the loaded baseline (identical tensors), saved "
+            f"once so each timing process loads it directly instead of converting "
+            f"'{st.recipe.model}' again; deleted after profiling"
+        )
+    for v in st.variants:
+        v.ms += timed(v.name)
+        v.context = dict(prof["context"][v.name], timing_protocol=prof["protocol"])
+        v.paired.update(prof["paired"][v.name])
 
 
 def exact(name: str, value, unit: str, method: str) -> dict:

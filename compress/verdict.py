@@ -11,49 +11,37 @@ from compress.environment import environment
 from compress.handle import ModelHandle
 from compress.metrics import definitions
 from compress.report.io import atomic_write_text, utc_stamp
-from compress.report.schema import Measurement, Report, RunRecord
-from compress.steps import RunState
+from compress.report.schema import Measurement, Report, RunRecord, VariantResult
+from compress.steps import RunState, VariantRun
 
 COST_GROUPS = ("decode.", "prefill.", "memory.", "weights.", "disk.", "energy.", "cost.")
 
 
 def judge(st: RunState) -> Report:
-    """Both models' records, comparisons (paired where samples are), cost, gates, exit code."""
+    """The baseline's record, then per variant: record, comparisons against the baseline
+    (paired where samples are), cost, gates and exit code. The run's exit code is the worst."""
     import torch
 
-    from compress.cost import cost_measurements, summarize
-    from compress.gate import check, exit_code
-    from compress.report.compare import compare
+    from compress.cost import cost_measurements
+    from compress.gate import exit_code
 
-    base, comp, recipe = st.base, st.comp, st.recipe
+    base, recipe = st.base, st.recipe
     torch_rt = f"torch {torch.__version__} eager on {st.device}"
-    for ms, rt in ((st.base_ms, torch_rt), (st.comp_ms, st.comp_runtime or torch_rt)):
-        for m in ms:
-            m.setdefault("runtime", rt)
+    for m in st.base_ms:
+        m.setdefault("runtime", torch_rt)
     baseline = RunRecord(
         label="baseline",
         model=base.source.describe(),
         dtype=base.dtype,
         measurements=[Measurement(**m) for m in st.base_ms],
-        context=st.contexts.get("baseline", {}),
+        context=st.base_context,
     )
-    compressed = RunRecord(
-        label="compressed",
-        model={"spec": str(st.model_dir), "kind": "compressed"},
-        dtype=comp.dtype,
-        stages=comp.stages,
-        measurements=[Measurement(**m) for m in st.comp_ms],
-        context=st.contexts.get("compressed", {}),
-    )
-    for rec in (baseline, compressed):
-        rec.measurements += cost_measurements(rec, recipe.cost)
-    comparisons = compare(baseline, compressed, st.paired)
-    gates = check(recipe.gates, comparisons, compressed)
+    baseline.measurements += cost_measurements(baseline, recipe.cost)
+    results = [_judge_variant(st, v, baseline, torch_rt) for v in st.variants]
     st.run.update(status="ok", finished_at=utc_stamp(), wall_s=time.perf_counter() - st.t0)
     recipe_dump = recipe.model_dump(mode="json")
     recipe_dump["_sha256"] = hashlib.sha256(st.recipe_text.encode()).hexdigest()
     recipe_dump["_text"] = st.recipe_text
-    basis = cost_basis(comp, st.comp_runtime, st.policy)
     return Report(
         tool={"name": "compress", "version": __version__},
         run=st.run,
@@ -62,13 +50,41 @@ def judge(st: RunState) -> Report:
         data=st.data,
         definitions=dict(definitions(), **{"wikitext2.perplexity": WIKITEXT2_DEFINITION}),
         baseline=baseline,
-        compressed=compressed,
+        variants=results,
+        exit_code=exit_code([g for r in results for g in r.gates]),  # the worst
+        notes=run_notes(base, st.quick, st.data),
+    )
+
+
+def _judge_variant(st: RunState, v: VariantRun, baseline: RunRecord, torch_rt: str):
+    from compress.cost import cost_measurements, summarize
+    from compress.gate import check, exit_code
+    from compress.report.compare import compare
+
+    for m in v.ms:
+        m.setdefault("runtime", v.runtime or torch_rt)
+    record = RunRecord(
+        label=v.name,
+        model={"spec": str(v.model_dir), "kind": "compressed"},
+        dtype=v.handle.dtype,
+        stages=v.handle.stages,
+        measurements=[Measurement(**m) for m in v.ms],
+        context=v.context,
+    )
+    record.measurements += cost_measurements(record, st.recipe.cost)
+    comparisons = compare(baseline, record, v.paired)
+    gates = check(st.recipe.gates_for(v.spec), comparisons, record)
+    basis = cost_basis(v.handle, v.runtime, v.policy)
+    return VariantResult(
+        name=v.name,
+        description=v.spec.description,
+        control=v.spec.control,
+        record=record,
         comparisons=comparisons,
-        cost=summarize(comparisons, recipe.cost, basis=basis),
+        cost=summarize(comparisons, st.recipe.cost, basis=basis),
         gates=gates,
         exit_code=exit_code(gates),
-        notes=notes(base, comparisons, st.quick, st.data, comp.stages)
-        + policy_notes(st.policy, st.contexts.get("compressed", {})),
+        notes=variant_notes(comparisons, v.handle.stages) + policy_notes(v.policy, v.context),
     )
 
 
@@ -103,9 +119,8 @@ def policy_notes(policy: dict | None, context: dict) -> list[str]:
     ]
 
 
-def notes(base, comparisons, quick: bool, data: list[dict], stages: list[dict]) -> list[str]:
+def run_notes(base, quick: bool, data: list[dict]) -> list[str]:
     out = []
-    kernels = "; ".join(dict.fromkeys(str(s["kernel"]) for s in stages if s.get("kernel")))
     if base.source.note:
         out.append(base.source.note)
     if quick and data:
@@ -113,6 +128,12 @@ def notes(base, comparisons, quick: bool, data: list[dict], stages: list[dict]) 
             f"--quick: quality scored on {data[0]['windows']} window(s) only and "
             "fewer timed repeats; intervals are wide, treat figures as indicative."
         )
+    return out
+
+
+def variant_notes(comparisons, stages: list[dict]) -> list[str]:
+    out = []
+    kernels = "; ".join(dict.fromkeys(str(s["kernel"]) for s in stages if s.get("kernel")))
     for c in comparisons:
         cost_metric = c.metric.startswith(COST_GROUPS)
         if cost_metric and c.verdict in ("worse", "no significant change"):

@@ -69,8 +69,11 @@ def test_apply_writes_a_valid_report_and_passes_its_gate(good_run):
     run_dir = good_run["run"]
     data = json.loads((run_dir / "report.json").read_text())
     jsonschema.validate(data, report_json_schema())
-    assert data["exit_code"] == 0 and data["gates"][0]["status"] == "pass"
-    names = {m["name"] for m in data["compressed"]["measurements"]}
+    assert data["schema_version"] == 3 and len(data["variants"]) == 1
+    v = data["variants"][0]
+    assert v["name"] == "compressed" and v["record"]["label"] == "compressed"
+    assert data["exit_code"] == 0 and v["gates"][0]["status"] == "pass"
+    names = {m["name"] for m in v["record"]["measurements"]}
     assert {
         "wikitext2.perplexity",
         "kld.mean",
@@ -79,12 +82,12 @@ def test_apply_writes_a_valid_report_and_passes_its_gate(good_run):
         "memory.peak_rss_bytes",
         "energy.joules_per_token",
     } <= names
-    by = {m["name"]: m for m in data["compressed"]["measurements"]}
+    by = {m["name"]: m for m in v["record"]["measurements"]}
     energy = by["energy.joules_per_token"]
     assert energy["status"] in ("measured", "estimated", "unavailable")
     if energy["status"] == "unavailable":
         assert energy["value"] is None and energy["reason"]
-    for m in data["compressed"]["measurements"]:
+    for m in v["record"]["measurements"]:
         assert m["unit"] and isinstance(m["higher_is_better"], bool)
     assert data["data"][0]["token_ids_sha256"] and data["recipe"]["_sha256"]
     assert data["environment"]["versions"]["torch"]
@@ -155,7 +158,7 @@ def test_gate_rechecks_saved_report(good_run, tmp_path, gates, code):
 
 def test_gate_inconclusive_when_interval_straddles(good_run, tmp_path):
     data = json.loads((good_run["run"] / "report.json").read_text())
-    c = next(c for c in data["comparisons"] if c["metric"] == "decode.tokens_per_s")
+    c = next(c for c in data["variants"][0]["comparisons"] if c["metric"] == "decode.tokens_per_s")
     lo, hi = c["ratio_ci95"]
     res = run(
         "gate",
@@ -506,7 +509,7 @@ def test_pruning_recipe_composes_and_reports_what_it_saved(tmp_path, tiny_model_
     res = run("apply", write(tmp_path / "p.yaml", recipe), *args)
     assert res.exit_code == 0, res.output
     data = json.loads(next((out / "tiny-prune").iterdir()).joinpath("report.json").read_text())
-    prune, quant = data["compressed"]["stages"]
+    prune, quant = data["variants"][0]["record"]["stages"]
     assert prune["method"] == "sparsegpt"
     assert prune["details"]["sparsity"] == pytest.approx(0.5, abs=0.01)
     # the stage contract: bytes around each stage measured by the pipeline, not claimed
@@ -516,7 +519,7 @@ def test_pruning_recipe_composes_and_reports_what_it_saved(tmp_path, tiny_model_
     assert quant["saves_memory"] is True
     assert "saves no memory and no time" in " ".join(prune["notes"])
     assert any(n.startswith("preserve_zeros: the 50.") for n in quant["notes"])
-    by = {c["metric"]: c for c in data["comparisons"]}
+    by = {c["metric"]: c for c in data["variants"][0]["comparisons"]}
     assert by["weights.bytes"]["ratio"] < 0.5
     # pruning alone: no bytes saved, and the report does not pretend otherwise
     alone = {**recipe, "name": "tiny-prune-only", "stages": recipe["stages"][:1], "gates": []}
@@ -526,7 +529,7 @@ def test_pruning_recipe_composes_and_reports_what_it_saved(tmp_path, tiny_model_
     data = json.loads(run_dir.joinpath("report.json").read_text())
     md = run_dir.joinpath("report.md").read_text()
     assert "this stage alone saves no memory" in md and "kernel `" not in md
-    by = {c["metric"]: c for c in data["comparisons"]}
+    by = {c["metric"]: c for c in data["variants"][0]["comparisons"]}
     assert by["weights.bytes"]["ratio"] == pytest.approx(1.0)
     assert by["weights.bytes"]["verdict"] != "better"
 
@@ -551,6 +554,6 @@ def test_apply_on_cuda_end_to_end(tmp_path, tiny_model_dir, tiny_data_dir):
     assert res.exit_code == 0, res.output
     data = json.loads(next((out / "tiny-int4").iterdir()).joinpath("report.json").read_text())
     assert data["environment"]["device"].startswith("cuda") and data["environment"]["gpu"]
-    by = {m["name"]: m for m in data["compressed"]["measurements"]}
+    by = {m["name"]: m for m in data["variants"][0]["record"]["measurements"]}
     assert by["memory.peak_allocated_bytes"]["value"] > 0
     assert by["energy.joules_per_token"]["status"] == "measured", by["energy.joules_per_token"]

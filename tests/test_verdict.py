@@ -1,9 +1,9 @@
-"""compress.verdict.notes: what the report says in words about its own numbers."""
+"""compress.verdict notes: what the report says in words about its own numbers."""
 
 from types import SimpleNamespace
 
 from compress.report.schema import Comparison
-from compress.verdict import notes as _notes
+from compress.verdict import run_notes, variant_notes
 
 
 def _cmp(metric, verdict, base=10.0, comp=5.0, unit="tokens/s"):
@@ -21,13 +21,9 @@ def _cmp(metric, verdict, base=10.0, comp=5.0, unit="tokens/s"):
 
 
 def test_slower_kernel_is_said_in_words_and_names_the_kernel():
-    base = SimpleNamespace(source=SimpleNamespace(note=None))
     stages = [{"kernel": "bitsandbytes LLM.int8"}, {"kernel": "bitsandbytes LLM.int8"}]
-    notes = _notes(
-        base,
+    notes = variant_notes(
         [_cmp("decode.tokens_per_s", "worse"), _cmp("weights.bytes", "better", 10, 2, "bytes")],
-        False,
-        [],
         stages,
     )
     assert len(notes) == 1
@@ -37,11 +33,8 @@ def test_slower_kernel_is_said_in_words_and_names_the_kernel():
 
 def test_no_note_when_faster_and_memory_notes_name_no_kernel():
     base = SimpleNamespace(source=SimpleNamespace(note="dequantized GGUF"))
-    notes = _notes(
-        base,
+    notes = run_notes(base, False, []) + variant_notes(
         [_cmp("decode.tokens_per_s", "better", 10, 30), _cmp("weights.bytes", "worse", 1, 2, "B")],
-        False,
-        [],
         [{"kernel": "k"}],
     )
     assert notes[0] == "dequantized GGUF"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from compress.report.schema import Comparison, Measurement, Report
+from compress.report.schema import Comparison, Measurement, Report, VariantResult
 
 _STATUS = {0: "PASS", 1: "FAIL", 3: "INCONCLUSIVE", 2: "BAD INPUT"}
 _MIB = 1024 * 1024
@@ -40,7 +40,7 @@ def _unit_label(unit: str) -> str:
     return "MiB" if unit == "bytes" else unit
 
 
-def comparison_table(r: Report) -> list[str]:
+def comparison_table(r: VariantResult) -> list[str]:
     lines = [
         "| metric | unit | better | baseline | compressed | delta [95% CI] | ratio [95% CI] "
         "| verdict |",
@@ -79,12 +79,12 @@ def _pct_iv(iv: list[float] | None) -> str:
     return f" [{_pct(iv[0])}, {_pct(iv[1])}]" if iv else " (no interval)"
 
 
-def cost_section(r: Report) -> list[str]:
+def cost_section(r: VariantResult, level: str = "##") -> list[str]:
     c = r.cost
     assert c is not None
     out = [
         "",
-        "## Cost",
+        f"{level} Cost",
         "",
         f"- Price basis: {c.usd_per_device_hour} USD/h for {c.device_name}; {c.basis}.",
         f"- USD per 1M decoded tokens: baseline {fmt(c.baseline_usd_per_million_tokens, '')}"
@@ -136,10 +136,10 @@ def _measurement_rows(ms: list[Measurement], label: str) -> list[str]:
     return rows
 
 
-def gates_section(r: Report) -> list[str]:
+def gates_section(r: VariantResult, level: str = "##") -> list[str]:
     out = [
         "",
-        "## Gates",
+        f"{level} Gates",
         "",
         "| metric | rule | threshold | observed [95% CI] | status |",
         "|---|---|---|---|---|",
@@ -159,16 +159,49 @@ def gates_section(r: Report) -> list[str]:
     return out
 
 
-def render(r: Report) -> str:
-    status = _STATUS.get(r.exit_code, str(r.exit_code))
-    if r.run.get("status") == "failed":
-        status = "RUN FAILED"
-    out = [f"# compress report: {r.recipe['name']}: {status} (exit {r.exit_code})", ""]
-    if r.cost:
-        out += [f"**{r.cost.headline}**", ""]
-    src = r.baseline.model
-    out += [f"- Model: `{src.get('spec')}`. {src.get('note') or ''}".rstrip()]
-    for s in r.compressed.stages:
+def _cell(c: Comparison | None) -> str:
+    """One variant's cell of the at-a-glance table: value, ratio [95% CI], verdict."""
+    if c is None:
+        return "n/a"
+    verdict = {"no significant change": "n.s."}.get(c.verdict, c.verdict)
+    return f"{fmt(c.compressed, c.unit)}; {_ratio(c)}; {verdict}"
+
+
+def glance_table(r: Report) -> list[str]:
+    """Every metric in one table: the baseline, then one column per variant."""
+    names = [f"{v.name}{' (control)' if v.control else ''}" for v in r.variants]
+    lines = [
+        "| metric | unit | better | baseline | " + " | ".join(names) + " |",
+        "|---|---|---|---|" + "---|" * len(names),
+    ]
+    metrics = list(dict.fromkeys(c.metric for v in r.variants for c in v.comparisons))
+    for name in metrics:
+        cs = [v.comparison(name) for v in r.variants]
+        first = next(c for c in cs if c is not None)
+        better = "higher" if first.higher_is_better else "lower"
+        cells = " | ".join(_cell(c) for c in cs)
+        lines.append(
+            f"| {name} | {_unit_label(first.unit)} | {better} | "
+            f"{fmt(first.baseline, first.unit)} | {cells} |"
+        )
+    lines += [
+        "",
+        "Each variant's cell: its value; ratio to the baseline [95% CI]; verdict (n.s.: no "
+        "significant change). All variants scored on the same windows and timed in the same "
+        "interleaved rounds as the baseline.",
+    ]
+    return lines
+
+
+def variant_section(r: Report, v: VariantResult, level: str) -> list[str]:
+    """One variant: its stages, before/after table, divergence, gates, cost and notes."""
+    out = []
+    if level != "##":
+        head = f"## Variant `{v.name}`{' (control, not gated)' if v.control else ''}"
+        out += ["", head, ""] + ([v.description, ""] if v.description else [])
+        if v.cost:
+            out += [f"**{v.cost.headline}**", ""]
+    for s in v.record.stages:
         kernel = f"; kernel `{s['kernel']}`" if s.get("kernel") else ""  # pruning: none new
         out.append(
             f"- Stage `{s.get('method')}`: {s.get('summary', '')}{kernel}; "
@@ -176,23 +209,48 @@ def render(r: Report) -> str:
         )
         out += [f"  - {n}" for n in s.get("notes", [])]
     out.append(
-        f"- Baseline computes in {r.baseline.dtype}, compressed in {r.compressed.dtype}; "
+        f"- Baseline computes in {r.baseline.dtype}, this variant in {v.record.dtype}; "
         f"device {r.environment.get('device')}; quick={r.run.get('quick')}."
     )
-    out += ["", "## Before / after", ""] + comparison_table(r)
-    if any(c.scale is not None for c in r.comparisons):  # schema v2: the statistic is named
+    out += ["", f"{level} Before / after", ""] + comparison_table(v)
+    if any(c.scale is not None for c in v.comparisons):  # schema v2: the statistic is named
         out += ["", COLUMNS_NOTE]
-    rel = [m for m in r.compressed.measurements if m.name.startswith("kld.")]
+    rel = [m for m in v.record.measurements if m.name.startswith("kld.")]
     if rel:
         out += ["", "Divergence from the baseline on the same windows:", ""]
         out += [
             f"- {m.name}: {fmt(m.value, m.unit)}{_iv(m.ci95, m.unit)} {m.unit} (n={m.n} windows)"
             for m in rel
         ]
-    if r.gates:
-        out += gates_section(r)
-    if r.cost:
-        out += cost_section(r)
+    if v.gates:
+        out += gates_section(v, level)
+    if v.cost:
+        out += cost_section(v, level)
+    if v.notes and level != "##":  # one variant: its notes join the run's
+        out += ["", f"{level} Notes on {v.name}", ""] + [f"- {n}" for n in v.notes]
+    return out
+
+
+def render(r: Report) -> str:
+    status = _STATUS.get(r.exit_code, str(r.exit_code))
+    if r.run.get("status") == "failed":
+        status = "RUN FAILED"
+    out = [f"# compress report: {r.recipe['name']}: {status} (exit {r.exit_code})", ""]
+    one = len(r.variants) == 1
+    if one and r.variants[0].cost:
+        out += [f"**{r.variants[0].cost.headline}**", ""]
+    if not one:
+        out += [
+            f"- **{v.name}**{' (control)' if v.control else ''}: "
+            f"{_STATUS.get(v.exit_code, v.exit_code)}" + (f"; {v.cost.headline}" if v.cost else "")
+            for v in r.variants
+        ] + [""]
+    src = r.baseline.model
+    out += [f"- Model: `{src.get('spec')}`. {src.get('note') or ''}".rstrip()]
+    if not one:
+        out += ["", "## All variants against the baseline", ""] + glance_table(r)
+    for v in r.variants:
+        out += variant_section(r, v, "##" if one else "###")
     out += [
         "",
         "## Every measurement",
@@ -201,12 +259,18 @@ def render(r: Report) -> str:
         "|---|---|---|---|---|---|",
     ]
     out += _measurement_rows(r.baseline.measurements, "baseline")
-    out += _measurement_rows(r.compressed.measurements, "compressed")
+    for v in r.variants:
+        out += _measurement_rows(v.record.measurements, v.name)
     out += ["", "## Definitions", ""] + [f"- **{k}**: {v}" for k, v in r.definitions.items()]
-    if r.notes:
-        out += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
+    notes = r.notes + (r.variants[0].notes if one else [])
+    if notes:
+        out += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(out + provenance(r)) + "\n"
+
+
+def provenance(r: Report) -> list[str]:
     env = r.environment
-    out += [
+    out = [
         "",
         "## Provenance",
         "",
@@ -216,10 +280,12 @@ def render(r: Report) -> str:
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()),
         f"- Machine: {env.get('cpu')}, {env.get('cores')} cores, {env.get('platform')}.",
     ]
+    if r.run.get("migrated_from_schema"):
+        out.append(f"- Read from a schema v{r.run['migrated_from_schema']} report.json.")
     out += [
         f"- Data `{d.get('name')}` from {d.get('location')}: text sha256 "
         f"`{d.get('text_sha256', '?')[:16]}...`, token ids sha256 "
         f"`{str(d.get('token_ids_sha256', '?'))[:16]}...`"
         for d in r.data
     ]
-    return "\n".join(out) + "\n"
+    return out

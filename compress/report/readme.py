@@ -7,7 +7,6 @@ reports/examples/*/*/report.json; `--check` exits 1 when README differs (a test 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,17 +39,24 @@ def _ppl(c: dict[str, Any] | None) -> str:
     return f"{c['baseline']:.3f} -> {c['compressed']:.3f} ({100 * (c['ratio'] - 1):+.2f}% [{100 * (ci[0] - 1):+.2f}, {100 * (ci[1] - 1):+.2f}])"  # noqa: E501
 
 
-def _row(path: Path, root: Path) -> str:
-    r = json.loads(path.read_text(encoding="utf-8"))
-    cmp = {c["metric"]: c for c in r["comparisons"]}
-    env = r["environment"]
+def _rows(path: Path, root: Path) -> list[str]:
+    """One row per variant of one report (reports of any schema version)."""
+    from compress.report.schema import parse_report
+
+    r = parse_report(path.read_text(encoding="utf-8"))
+    env = r.environment
     host = f"{env.get('cpu', '?')} ({', '.join(env.get('cpu_features', [])) or 'flags n/a'})"
-    pairs = (r["compressed"].get("context") or {}).get("timing_protocol", {}).get("rounds", "?")
-    link = f"[{r['recipe']['name']}]({path.parent.relative_to(root).as_posix()}/report.md)"
-    cells = [link, host, str(pairs)]
-    cells += [_ratio(cmp.get(m)) for m, _ in COLUMNS]
-    cells += [_ppl(cmp.get("wikitext2.perplexity")), str(r["exit_code"])]
-    return "| " + " | ".join(cells) + " |"
+    pairs = r.baseline.context.get("timing_protocol", {}).get("rounds", "?")
+    link = f"[{r.recipe['name']}]({path.parent.relative_to(root).as_posix()}/report.md)"
+    rows = []
+    for v in r.variants:
+        cmp = {c.metric: c.model_dump() for c in v.comparisons}
+        name = link if len(r.variants) == 1 else f"{link} `{v.name}`"
+        cells = [name, host, str(pairs)]
+        cells += [_ratio(cmp.get(m)) for m, _ in COLUMNS]
+        cells += [_ppl(cmp.get("wikitext2.perplexity")), str(v.exit_code)]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
 
 
 def render(root: Path) -> str:
@@ -62,7 +68,7 @@ def render(root: Path) -> str:
         BEGIN,
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
-        *(_row(p, root) for p in reports),
+        *(row for p in reports for row in _rows(p, root)),
         END,
     ]
     return "\n".join(lines)

@@ -8,8 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 #: 2: comparisons carry the statistic they use (geometric means for log-paired metrics) and
 #: log_ratio_stderr / delta_stderr / df / n / scale; cost carries per-batch savings and the
-#: basis. Every addition is optional: version-1 reports still load.
-REPORT_SCHEMA_VERSION = 2
+#: basis. 3: one baseline and a list of `variants`, each with its own record, comparisons,
+#: cost, gates and exit code (v1/v2 held one `compressed` side; `migrate` turns such a report
+#: into a one-variant v3 report named "compressed").
+REPORT_SCHEMA_VERSION = 3
 
 Status = Literal["measured", "estimated", "unavailable"]
 
@@ -64,7 +66,7 @@ class Comparison(_Model):
 
 
 class RunRecord(_Model):
-    label: Literal["baseline", "compressed"]
+    label: str = Field(description="'baseline', or the variant's name")
     model: dict[str, Any]
     dtype: str
     stages: list[dict[str, Any]] = []
@@ -126,6 +128,26 @@ class CostSummary(_Model):
     headline: str
 
 
+class VariantResult(_Model):
+    """One compressed variant against the shared baseline: measured on the same windows and
+    timed in the same interleaved rounds as every other variant."""
+
+    name: str
+    description: str = ""
+    control: bool = Field(
+        False, description="a reference point (e.g. a plain cast): reported, not gated"
+    )
+    record: RunRecord
+    comparisons: list[Comparison]
+    cost: CostSummary | None
+    gates: list[GateResult]
+    exit_code: int
+    notes: list[str] = []
+
+    def comparison(self, metric: str) -> Comparison | None:
+        return next((c for c in self.comparisons if c.metric == metric), None)
+
+
 class Report(_Model):
     schema_version: int = REPORT_SCHEMA_VERSION
     tool: dict[str, str]
@@ -135,15 +157,55 @@ class Report(_Model):
     data: list[dict[str, Any]]
     definitions: dict[str, str]
     baseline: RunRecord
-    compressed: RunRecord
-    comparisons: list[Comparison]
-    cost: CostSummary | None
-    gates: list[GateResult]
-    exit_code: int
+    variants: list[VariantResult] = Field(min_length=1)
+    exit_code: int = Field(description="the worst of the variants' exit codes")
     notes: list[str] = []
 
-    def comparison(self, metric: str) -> Comparison | None:
-        return next((c for c in self.comparisons if c.metric == metric), None)
+    def variant(self, name: str) -> VariantResult:
+        found = next((v for v in self.variants if v.name == name), None)
+        if found is None:
+            names = ", ".join(v.name for v in self.variants)
+            raise KeyError(f"no variant '{name}' in this report (it has: {names})")
+        return found
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """A v1/v2 report (one `compressed` side) as a v3 report with one variant, 'compressed'.
+    Current reports pass through unchanged; newer ones are refused by the caller."""
+    version = int(data.get("schema_version", 1))
+    if version >= 3 or "compressed" not in data:
+        return data
+    out = {k: v for k, v in data.items() if k not in ("compressed", "comparisons", "cost", "gates")}
+    out["variants"] = [
+        {
+            "name": "compressed",
+            "record": data["compressed"],
+            "comparisons": data.get("comparisons", []),
+            "cost": data.get("cost"),
+            "gates": data.get("gates", []),
+            "exit_code": data.get("exit_code", 0),
+        }
+    ]
+    out["schema_version"] = REPORT_SCHEMA_VERSION
+    out["run"] = dict(data.get("run", {}), migrated_from_schema=version)
+    return out
+
+
+def parse_report(text: str) -> Report:
+    """report.json text (any schema version up to this one) as a `Report`; raises ValueError
+    for JSON that is not a report and for reports newer than this tool."""
+    import json
+
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object")
+    version = data.get("schema_version", 1)
+    if not isinstance(version, int) or version > REPORT_SCHEMA_VERSION:
+        raise ValueError(
+            f"schema_version {version!r} is newer than this tool reads "
+            f"(<= {REPORT_SCHEMA_VERSION}); upgrade compress"
+        )
+    return Report.model_validate(migrate(data))
 
 
 def report_json_schema() -> dict[str, Any]:

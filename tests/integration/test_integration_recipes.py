@@ -83,17 +83,18 @@ def test_real_recipe(runs, recipe, max_weight_ratio):
     proc, report_path = runs[recipe]
     report = json.loads(report_path.read_text())
     jsonschema.validate(report, report_json_schema())
+    (variant,) = report["variants"]  # these recipes have one variant
     # the verdict is whatever the gates say on this host: never a crash or "bad input", and
     # the exit code is the one the gate results imply (no speed is asserted: that is the
     # benchmarks' job, see benchmarks/profiler_stability.py)
     assert proc.returncode == report["exit_code"], proc.stdout[-4000:] + proc.stderr[-2000:]
-    statuses = {g["status"] for g in report["gates"]}
+    statuses = {g["status"] for g in variant["gates"]}
     expected = 1 if "fail" in statuses else 3 if "inconclusive" in statuses else 0
     assert report["exit_code"] == expected
-    cmp = {c["metric"]: c for c in report["comparisons"]}
+    cmp = {c["metric"]: c for c in variant["comparisons"]}
     assert cmp["weights.bytes"]["ratio"] <= max_weight_ratio  # real int storage, not fake quant
     # speed measured and reported correctly: paired over interleaved fresh processes
-    protocol = report["compressed"]["context"]["timing_protocol"]
+    protocol = variant["record"]["context"]["timing_protocol"]
     rounds = protocol["rounds"]
     assert rounds == 4 and protocol["order"][1] == protocol["order"][0][::-1]
     for metric in ("decode.tokens_per_s", "decode.tokens_per_s@bs8", "prefill.tokens_per_s@p512"):
@@ -106,10 +107,10 @@ def test_real_recipe(runs, recipe, max_weight_ratio):
     assert lat["ratio"] == pytest.approx(1 / cmp["decode.tokens_per_s"]["ratio"], rel=1e-9)
     cost = cmp["cost.usd_per_million_tokens"]
     assert cost["ratio"] == pytest.approx(1 / cmp["decode.tokens_per_s"]["ratio"], rel=1e-9)
-    policy = report["compressed"]["context"]["kernel_policy"]
+    policy = variant["record"]["context"]["kernel_policy"]
     assert policy["trials"] and policy["float_dtype"] in ("float32", "bfloat16")
-    assert any("Execution paths chosen on this host" in n for n in report["notes"])
-    kld = next(m for m in report["compressed"]["measurements"] if m["name"] == "kld.mean")
+    assert any("Execution paths chosen on this host" in n for n in variant["notes"])
+    kld = next(m for m in variant["record"]["measurements"] if m["name"] == "kld.mean")
     assert 0 < kld["value"] < 0.02  # outputs stay close to the baseline
     assert cmp["wikitext2.perplexity"]["ratio_ci95"][1] < 1.05
     assert "dequantized" in report["baseline"]["model"]["note"]

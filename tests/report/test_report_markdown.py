@@ -10,7 +10,7 @@ from compress.cost import cost_measurements, summarize
 from compress.recipe import CostConfig
 from compress.report.compare import compare
 from compress.report.markdown import COLUMNS_NOTE, render
-from compress.report.schema import Measurement, Report, RunRecord
+from compress.report.schema import Measurement, Report, RunRecord, VariantResult
 
 CFG = CostConfig(usd_per_device_hour=1.0, device_name="test box")
 TPS_B, TPS_C = [30.1, 28.7, 31.5, 29.9, 27.8, 30.6], [61.0, 57.1, 64.2, 59.5, 57.0, 60.9]
@@ -18,30 +18,47 @@ NLL_B = [2.0, 2.2, 1.9, 2.1, 2.3, 1.8, 2.05, 2.15]
 NLL_C = [2.02, 2.23, 1.93, 2.12, 2.33, 1.82, 2.07, 2.18]
 
 
-def _report(nll_c: list[float] = NLL_C) -> Report:
-    recs = []
-    for label, tps, nll in (("baseline", TPS_B, NLL_B), ("compressed", TPS_C, nll_c)):
-        ms = [
-            stats.log_measurement("decode.tokens_per_s", tps, "tokens/s", True, "per process"),
-            stats.mean_measurement("wikitext2.nll", nll, "nats/token", False, "per window"),
-        ]
-        ppl = dict(ms[1], name="wikitext2.perplexity", unit="perplexity", ci95=None)
-        ppl["value"] = 2.718281828 ** ms[1]["value"]
-        rec = RunRecord(
-            label=label,
-            model={"spec": "tiny"},
-            dtype="float32",
-            measurements=[Measurement(**m) for m in (*ms, ppl)],
-        )
-        rec.measurements += cost_measurements(rec, CFG)
-        recs.append(rec)
+def _variant(base: RunRecord, name: str, tps_c: list[float], nll_c: list[float], **kw):
+    rec = _record(name, tps_c, nll_c)
     paired = {
-        "decode.tokens_per_s": stats.Paired(TPS_B, TPS_C, "log"),
+        "decode.tokens_per_s": stats.Paired(TPS_B, tps_c, "log"),
         "wikitext2.nll": stats.Paired(NLL_B, nll_c, "mean"),
         "wikitext2.perplexity": stats.Paired(NLL_B, nll_c, "perplexity"),
     }
-    comps = compare(*recs, paired)
+    comps = compare(base, rec, paired)
     basis = {"batch": 1, "runtime": "torch eager cpu", "dtype": "float32 -> bfloat16"}
+    return VariantResult(
+        name=name,
+        record=rec,
+        comparisons=comps,
+        cost=summarize(comps, CFG, basis=basis),
+        gates=[],
+        exit_code=0,
+        **kw,
+    )
+
+
+def _record(label: str, tps: list[float], nll: list[float]) -> RunRecord:
+    ms = [
+        stats.log_measurement("decode.tokens_per_s", tps, "tokens/s", True, "per process"),
+        stats.mean_measurement("wikitext2.nll", nll, "nats/token", False, "per window"),
+    ]
+    ppl = dict(ms[1], name="wikitext2.perplexity", unit="perplexity", ci95=None)
+    ppl["value"] = 2.718281828 ** ms[1]["value"]
+    rec = RunRecord(
+        label=label,
+        model={"spec": "tiny"},
+        dtype="float32",
+        measurements=[Measurement(**m) for m in (*ms, ppl)],
+    )
+    rec.measurements += cost_measurements(rec, CFG)
+    return rec
+
+
+def _report(nll_c: list[float] = NLL_C, extra: tuple = ()) -> Report:
+    base = _record("baseline", TPS_B, NLL_B)
+    variants = [_variant(base, "compressed", TPS_C, nll_c)]
+    variants += [_variant(base, *args, **kw) for args, kw in extra]
     return Report(
         tool={"name": "compress", "version": "test"},
         run={"id": "r", "quick": True},
@@ -49,11 +66,8 @@ def _report(nll_c: list[float] = NLL_C) -> Report:
         environment={},
         data=[],
         definitions={},
-        baseline=recs[0],
-        compressed=recs[1],
-        comparisons=comps,
-        cost=summarize(comps, CFG, basis=basis),
-        gates=[],
+        baseline=base,
+        variants=variants,
         exit_code=0,
     )
 
@@ -61,7 +75,7 @@ def _report(nll_c: list[float] = NLL_C) -> Report:
 def test_columns_are_the_comparison_statistic_with_intervals():
     r = _report()
     md = render(r)
-    tps = r.comparison("decode.tokens_per_s")
+    tps = r.variants[0].comparison("decode.tokens_per_s")
     assert tps.baseline == pytest.approx(r.baseline.get("decode.tokens_per_s").value)  # GM
     row = next(line for line in md.splitlines() if line.startswith("| decode.tokens_per_s |"))
     assert f"| {tps.baseline:.3f} | {tps.compressed:.3f} |" in row
@@ -74,7 +88,7 @@ def test_columns_are_the_comparison_statistic_with_intervals():
 def test_cost_section_shows_saving_loss_and_rate():
     r = _report()
     md = render(r)
-    c = r.cost
+    c = r.variants[0].cost
     assert c.saving_per_quality_loss is not None and c.saving_per_quality_loss_ci95
     section = md[md.index("## Cost") : md.index("## Every measurement")]
     lo, hi = c.cost_saving_ci95
@@ -88,6 +102,27 @@ def test_cost_section_shows_saving_loss_and_rate():
 def test_cost_section_without_a_significant_loss_has_no_rate():
     r = _report(nll_c=[x + d for x, d in zip(NLL_B, [0.01, -0.01] * 4, strict=True)])
     md = render(r)
-    assert r.cost.saving_per_quality_loss is None
+    assert r.variants[0].cost.saving_per_quality_loss is None
     assert "Exchange rate" not in md and "no measurable perplexity increase" in md
     assert "- Perplexity increase: " in md
+
+
+def test_variants_get_one_table_with_a_column_each_and_their_own_sections():
+    slower = [t * 0.5 for t in TPS_C]
+    same = [t + (-1) ** i * 0.4 for i, t in enumerate(TPS_B)]
+    r = _report(extra=((("bf16", same, NLL_B), {"control": True}), (("int4", slower, NLL_C), {})))
+    md = render(r)
+    lines = md.splitlines()
+    head = next(line for line in lines if line.startswith("| metric | unit | better | baseline |"))
+    assert head.endswith("| compressed | bf16 (control) | int4 |")
+    row = next(line for line in lines if line.startswith("| decode.tokens_per_s |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == 7  # metric, unit, better, baseline + one cell per variant
+    for cell, v in zip(cells[4:], r.variants, strict=True):
+        c = v.comparison("decode.tokens_per_s")
+        assert cell.startswith(f"{c.compressed:.3f}; {c.ratio:.3f}x [")
+        assert cell.endswith({"no significant change": "n.s."}.get(c.verdict, c.verdict))
+    for v in r.variants:  # each variant keeps its own detailed section and measurements
+        assert f"## Variant `{v.name}`" in md and f"| {v.name} | decode.tokens_per_s |" in md
+    assert "## Variant `bf16` (control, not gated)" in md
+    assert md.count("### Cost") == 3 and md.count("## Every measurement") == 1
