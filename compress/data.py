@@ -13,6 +13,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from compress.errors import BadInput
 
@@ -101,7 +102,9 @@ def wikitext2_test(data_dir: str | Path | None = None) -> TextData:
         ) from None
 
 
-def token_windows(tokenizer, text: str, seq_len: int, max_windows: int | None = None):
+def token_windows(
+    tokenizer: Any, text: str, seq_len: int, max_windows: int | None = None
+) -> tuple[Any, int, str]:
     """Tokenize once; return (windows [n, seq_len] LongTensor, total tokens, ids sha256)."""
     import torch
 

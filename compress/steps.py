@@ -109,8 +109,8 @@ def compress(st: RunState) -> None:
     """Every variant's stages on its own copy of the baseline, through the stage contract
     (records in `handle.stages`, weight bytes around each stage measured here, not claimed);
     each artifact saved; host kernels chosen. Calibration data is loaded once, if needed."""
+    from compress.calibration.calibrate import load_calibration
     from compress.methods import needs_calibration
-    from compress.methods.calibrate import load_calibration
 
     held: dict = {}
 
@@ -247,7 +247,7 @@ def _take_profile(st: RunState, prof: dict, *, timed_from: bool) -> None:
         v.paired.update(prof["paired"][v.name])
 
 
-def exact(name: str, value, unit: str, method: str) -> dict:
+def exact(name: str, value: float | None, unit: str, method: str) -> dict:
     from compress import stats
 
     if value is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
+from typing import Any
 
 from compress.handle import ModelHandle, ModelSource
 
@@ -17,7 +18,7 @@ TEXT = (
 )
 
 
-def tiny_tokenizer():
+def tiny_tokenizer() -> Any:
     """A character-level fast tokenizer (printable ASCII + specials), no files needed."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -38,7 +39,7 @@ def tiny_tokenizer():
     )
 
 
-def tiny_llama_config(**overrides):
+def tiny_llama_config(**overrides: Any) -> Any:
     from transformers import LlamaConfig
 
     cfg = dict(
@@ -58,7 +59,7 @@ def tiny_llama_config(**overrides):
     return LlamaConfig(**cfg)
 
 
-def tiny_llama(seed: int = 0, **overrides):
+def tiny_llama(seed: int = 0, **overrides: Any) -> Any:
     """A 2-layer Llama (hidden 64, vocab 128, tied embeddings), random weights, fp32, eval."""
     import torch
     from transformers import LlamaForCausalLM
@@ -95,11 +96,11 @@ def tiny_text_file(path: str | Path, repeats: int = 40) -> Path:
     return path
 
 
-def tiny_calibration(samples: int = 16, seq_len: int = 64, seed: int = 1):
+def tiny_calibration(samples: int = 16, seq_len: int = 64, seed: int = 1) -> Any:
     """Random token ids as calibration data for the tiny models (ids 4..99, seeded)."""
     import torch
 
-    from compress.methods.calibrate import CalibrationData
+    from compress.calibration.calibrate import CalibrationData
 
     g = torch.Generator().manual_seed(seed)
     return CalibrationData(torch.randint(4, 100, (samples, seq_len), generator=g))
@@ -108,7 +109,7 @@ def tiny_calibration(samples: int = 16, seq_len: int = 64, seed: int = 1):
 # -- test oracles (independent of compress.evaluate, which is what they check) -------------
 
 
-def kl_per_token(ref, other) -> float:
+def kl_per_token(ref: Any, other: Any) -> float:
     """Mean per-token KL(ref || other) between two logits tensors [..., vocab]."""
     import torch.nn.functional as F
 
@@ -117,12 +118,12 @@ def kl_per_token(ref, other) -> float:
     return float(F.kl_div(lo, lr, log_target=True, reduction="batchmean"))
 
 
-def snapshot(model) -> dict:
+def snapshot(model: Any) -> dict:
     """A copy of every tensor in `model.state_dict()`, for `unchanged`."""
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def unchanged(model, before: dict) -> bool:
+def unchanged(model: Any, before: dict) -> bool:
     """Whether `model` holds exactly the tensors `snapshot` saw (same names, equal values)."""
     import torch
 

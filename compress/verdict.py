@@ -11,7 +11,7 @@ from compress.environment import environment
 from compress.handle import ModelHandle
 from compress.metrics import definitions
 from compress.report.io import atomic_write_text, utc_stamp
-from compress.report.schema import Measurement, Report, RunRecord, VariantResult
+from compress.report.schema import Comparison, Measurement, Report, RunRecord, VariantResult
 from compress.steps import RunState, VariantRun
 
 COST_GROUPS = ("decode.", "prefill.", "memory.", "weights.", "disk.", "energy.", "cost.")
@@ -119,7 +119,7 @@ def policy_notes(policy: dict | None, context: dict) -> list[str]:
     ]
 
 
-def run_notes(base, quick: bool, data: list[dict]) -> list[str]:
+def run_notes(base: ModelHandle, quick: bool, data: list[dict]) -> list[str]:
     out = []
     if base.source.note:
         out.append(base.source.note)
@@ -131,7 +131,7 @@ def run_notes(base, quick: bool, data: list[dict]) -> list[str]:
     return out
 
 
-def variant_notes(comparisons, stages: list[dict]) -> list[str]:
+def variant_notes(comparisons: list[Comparison], stages: list[dict]) -> list[str]:
     out = []
     kernels = "; ".join(dict.fromkeys(str(s["kernel"]) for s in stages if s.get("kernel")))
     for c in comparisons:

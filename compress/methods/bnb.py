@@ -15,12 +15,18 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
 from compress._config import StageBase
 from compress.methods.registry import StageContext, StageRecord, register
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from compress.handle import ModelHandle
 
 log = logging.getLogger(__name__)
 
@@ -58,25 +64,12 @@ def _tied_embedding(model, lm_head):
     return None
 
 
-@register(BnbConfig)
-def apply(ctx: StageContext, cfg: BnbConfig) -> StageRecord:
-    handle = ctx.model
+def _device(handle: ModelHandle) -> torch.device:
+    """The handle's device, refused unless bitsandbytes layers can run there."""
     import torch
-    from tqdm.auto import tqdm
 
     from compress.errors import BadInput
-    from compress.methods.targets import cast_float_parts, select_linears, set_module
 
-    bnb = _require_bnb()
-    from compress.quant.bnb import (
-        BnbLinear,
-        cpu_4bit_kernel,
-        cpu_bf16_kernel_available,
-        cpu_int8_kernel,
-    )
-
-    t0 = time.perf_counter()
-    model = handle.model
     device = torch.device(str(handle.device))
     if device.type not in ("cpu", "cuda"):
         raise BadInput(
@@ -85,9 +78,20 @@ def apply(ctx: StageContext, cfg: BnbConfig) -> StageRecord:
         )
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BadInput("bnb: the handle is on cuda but torch sees no CUDA device.")
-    dtype = getattr(torch, cfg.compute_dtype)
-    chosen = select_linears(model, cfg.targets, cfg.ignore, stage="bnb")
-    four_bit = cfg.quant_type != "int8"
+    return device
+
+
+def _convert(
+    model: nn.Module, chosen: dict[str, nn.Linear], cfg: BnbConfig, device: torch.device
+) -> tuple[list[str], dict[str, int], int]:
+    """Swap each chosen Linear for a BnbLinear and cast the float parts to compute_dtype;
+    (notes, layer count per layout, weights quantized)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from compress.quant.bnb import BnbLinear
+    from compress.targets import cast_float_parts, set_module
+
     kwargs = dict(
         double_quant=cfg.double_quant,
         threshold=cfg.threshold,
@@ -117,44 +121,68 @@ def apply(ctx: StageContext, cfg: BnbConfig) -> StageRecord:
                 f"{name} untied from the input embedding, which stays in {cfg.compute_dtype}: "
                 "the embedding is NOT compressed"
             )
-    cast_float_parts(model, dtype)
+    cast_float_parts(model, getattr(torch, cfg.compute_dtype))
     for name, b in biases.items():  # the cast above rounded them: re-set from the originals
         new_modules[name].set_bias(b)
+    return notes, layouts, n_params
+
+
+def _cpu_4bit_kernel(cfg: BnbConfig, layouts: dict[str, int], notes: list[str]) -> str:
+    """The CPU 4-bit kernel the layers run; appends what to know about it to `notes`."""
+    from compress.quant.bnb import cpu_4bit_kernel, cpu_bf16_kernel_available
+
+    kernel, fallback = cpu_4bit_kernel()
+    if fallback and layouts.get("cpu_packed"):
+        notes.append(
+            "bitsandbytes CPU 4-bit: its fast kernel (kernels-community gemm_4bit_forward) "
+            "is fetched from the hub at run time and is unavailable here ('Failed to load "
+            "CPU gemm_4bit_forward ... No module named kernels'); layers run "
+            "libbitsandbytes_cpu's fallback kernel"
+        )
+    if layouts.get("cpu"):
+        why = "shape not taken by the CPU kernel layout (out % 32, in % 64)"
+        if not cfg.cpu_packed:
+            why = "cpu_packed: false"
+        elif not cpu_bf16_kernel_available():
+            why = "no AVX512-BF16 on this CPU"
+        notes.append(
+            f"{layouts['cpu']} layer(s) dequantize their 4-bit weight at every call (slow): {why}"
+        )
+        if not layouts.get("cpu_packed"):
+            kernel = "bitsandbytes dequantize_4bit + torch linear per call"
+    if layouts.get("cpu_packed") and cfg.double_quant:
+        notes.append(
+            "double_quant: bitsandbytes' CPU kernel layout holds the block scales as bf16, "
+            "so double quantization saves no memory on CPU (its rounding of the scales "
+            "remains)"
+        )
+    if layouts.get("cpu_packed") and cfg.compute_dtype != "bfloat16":
+        notes.append(
+            "bitsandbytes' CPU 4-bit kernel computes in bfloat16 whatever compute_dtype says"
+        )
+    return kernel
+
+
+@register(BnbConfig)
+def apply(ctx: StageContext, cfg: BnbConfig) -> StageRecord:
+    handle = ctx.model
+    from compress.targets import select_linears
+
+    bnb = _require_bnb()
+    from compress.quant.bnb import cpu_int8_kernel
+
+    t0 = time.perf_counter()
+    model = handle.model
+    device = _device(handle)
+    chosen = select_linears(model, cfg.targets, cfg.ignore, stage="bnb")
+    four_bit = cfg.quant_type != "int8"
+    notes, layouts, n_params = _convert(model, chosen, cfg, device)
     handle.dtype = cfg.compute_dtype
 
     if device.type == "cuda":
         kernel = "bitsandbytes matmul_4bit (CUDA)" if four_bit else "bitsandbytes LLM.int8 (CUDA)"
     elif four_bit:
-        kernel, fallback = cpu_4bit_kernel()
-        if fallback and layouts.get("cpu_packed"):
-            notes.append(
-                "bitsandbytes CPU 4-bit: its fast kernel (kernels-community gemm_4bit_forward) "
-                "is fetched from the hub at run time and is unavailable here ('Failed to load "
-                "CPU gemm_4bit_forward ... No module named kernels'); layers run "
-                "libbitsandbytes_cpu's fallback kernel"
-            )
-        if layouts.get("cpu"):
-            why = "shape not taken by the CPU kernel layout (out % 32, in % 64)"
-            if not cfg.cpu_packed:
-                why = "cpu_packed: false"
-            elif not cpu_bf16_kernel_available():
-                why = "no AVX512-BF16 on this CPU"
-            notes.append(
-                f"{layouts['cpu']} layer(s) dequantize their 4-bit weight at every call "
-                f"(slow): {why}"
-            )
-            if not layouts.get("cpu_packed"):
-                kernel = "bitsandbytes dequantize_4bit + torch linear per call"
-        if layouts.get("cpu_packed") and cfg.double_quant:
-            notes.append(
-                "double_quant: bitsandbytes' CPU kernel layout holds the block scales as bf16, "
-                "so double quantization saves no memory on CPU (its rounding of the scales "
-                "remains)"
-            )
-        if layouts.get("cpu_packed") and cfg.compute_dtype != "bfloat16":
-            notes.append(
-                "bitsandbytes' CPU 4-bit kernel computes in bfloat16 whatever compute_dtype says"
-            )
+        kernel = _cpu_4bit_kernel(cfg, layouts, notes)
     else:
         kernel = cpu_int8_kernel()
     if not four_bit:

@@ -27,7 +27,7 @@ class CastConfig(Strict):
 def apply(ctx: StageContext, cfg: CastConfig) -> StageRecord:
     import torch
 
-    from compress.methods.targets import cast_float_parts
+    from compress.targets import cast_float_parts
 
     t0 = time.perf_counter()
     handle = ctx.model

@@ -28,8 +28,8 @@ def apply(ctx: StageContext, cfg: DynamicInt8Config) -> StageRecord:
     from tqdm.auto import tqdm
 
     from compress.errors import BadInput
-    from compress.methods.targets import cast_float_parts, linears, set_module
     from compress.quant.dynamic import DynamicInt8Linear
+    from compress.targets import cast_float_parts, linears, set_module
 
     if handle.device != "cpu":
         raise BadInput(

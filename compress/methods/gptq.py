@@ -15,13 +15,20 @@ dtype; the packed int4/int8 modules are swapped in after the last layer. Math in
 
 from __future__ import annotations
 
+import functools
 import time
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from compress._config import StageBase, check_weight_grid
 from compress.methods.registry import StageContext, StageRecord, register
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from compress.calibration.calibrate import CalibrationData, LayerContext
 
 
 class GPTQConfig(StageBase):
@@ -63,96 +70,83 @@ class GPTQConfig(StageBase):
         return self
 
 
-@register(GPTQConfig)
-def apply(ctx: StageContext, cfg: GPTQConfig) -> StageRecord:
-    handle, calibration = ctx.model, ctx.calibration()
+def _solve(W: torch.Tensor, H: torch.Tensor, cfg: GPTQConfig, static: bool, name: str) -> tuple:
+    """One GPTQ solve of the stacked rows W; (QuantizedTensor, per-row error)."""
+    from compress.errors import StageFailed
+    from compress.numerics.gptq import gptq_quantize
+
+    try:
+        return gptq_quantize(
+            W,
+            H,
+            cfg.bits,
+            cfg.group_size,
+            cfg.symmetric,
+            cfg.act_order,
+            cfg.damp,
+            cfg.block_size,
+            static_groups=static,
+            keep_zeros=cfg.preserve_zeros,
+        )
+    except ValueError as e:
+        raise StageFailed(f"gptq: layer '{name}' failed: {e}.") from None
+
+
+def _quantize_group(
+    lctx: LayerContext,
+    names: list[str],
+    H: torch.Tensor,
+    n_rows: int,
+    *,
+    cfg: GPTQConfig,
+    static: bool,
+    dtype: torch.dtype,
+    errors: dict[str, float],
+    new_modules: dict[str, nn.Module],
+) -> None:
+    """Quantize one group of Linears sharing H; record their packed modules and output errors,
+    and write the dequantized weights back for the loop's later forwards."""
     import torch
-    from torch import nn
 
-    from compress.errors import ReleaseFailed, StageFailed
-    from compress.methods import layerwise
-    from compress.methods.calibrate import require_calibration
-    from compress.methods.targets import cast_float_parts, select_linears, set_module
-    from compress.quant.gptq import gptq_quantize, hessian_update, output_energy
-    from compress.quant.grid import QuantizedTensor, as_int4, container_notes, dequantize
-    from compress.quant.modules import Int4Linear, Int8Linear, weight_only_kernel
+    from compress.calibration import layerwise
+    from compress.errors import ReleaseFailed
+    from compress.numerics.grid import QuantizedTensor, as_int4, dequantize
+    from compress.numerics.hessian import output_energy
+    from compress.quant.modules import Int4Linear, Int8Linear
 
-    t0 = time.perf_counter()
-    require_calibration(calibration, "gptq", "layer inputs to build its Hessians")
-    model = handle.model
-    dtype = getattr(torch, cfg.compute_dtype)
-    calib_dtype = getattr(torch, cfg.calibration_dtype or cfg.compute_dtype)
-    chosen = select_linears(
-        model, cfg.targets, cfg.ignore, stage="gptq", group_size=cfg.group_size, bits=cfg.bits
-    )
-    by_layer = layerwise.by_decoder_layer(model, chosen, "gptq")
-    zeros = sum(int((m.weight == 0).sum()) for m in chosen.values()) if cfg.preserve_zeros else 0
-    static = cfg.act_order and cfg.group_size is not None
-    new_modules: dict[str, nn.Module] = {}
-    errors: dict[str, float] = {}
+    mods = [lctx.layer.get_submodule(s) for s in names]
+    full = [f"{lctx.name}.{s}" for s in names]
+    layerwise.check_inputs(full[0], H, n_rows, "gptq")
+    W = torch.cat([m.weight.detach().float() for m in mods])
+    qt, row_err = _solve(W, H, cfg, static, full[0])
+    energy = output_energy(W, H)
+    r0 = 0
+    for m, name in zip(mods, full, strict=True):
+        r1 = r0 + m.out_features
+        part = QuantizedTensor(qt.q[r0:r1], qt.scale[r0:r1], qt.zero[r0:r1], qt.bits, qt.group_size)
+        deq = dequantize(part)
+        if not (
+            torch.isfinite(part.scale).all()
+            and torch.isfinite(part.zero).all()
+            and torch.isfinite(deq).all()
+        ):
+            raise ReleaseFailed(f"gptq: layer '{name}' has non-finite weights or scales.")
+        errors[name] = float(row_err[r0:r1].sum() / energy[r0:r1].sum().clamp(min=1e-30))
+        if cfg.bits == 8:
+            new_modules[name] = Int8Linear.from_float(m, part, dtype)
+        else:
+            new_modules[name] = Int4Linear.from_float(m, as_int4(part), dtype)
+        with torch.no_grad():  # the loop's later forwards see the quantized weights
+            m.weight.copy_(deq.to(m.weight.dtype))
+        r0 = r1
 
-    def quantize_group(ctx, names: list[str], H, n_rows: int) -> None:
-        mods = [ctx.layer.get_submodule(s) for s in names]
-        full = [f"{ctx.name}.{s}" for s in names]
-        layerwise.check_inputs(full[0], H, n_rows, "gptq")
-        W = torch.cat([m.weight.detach().float() for m in mods])
-        try:
-            qt, row_err = gptq_quantize(
-                W,
-                H,
-                cfg.bits,
-                cfg.group_size,
-                cfg.symmetric,
-                cfg.act_order,
-                cfg.damp,
-                cfg.block_size,
-                static_groups=static,
-                keep_zeros=cfg.preserve_zeros,
-            )
-        except ValueError as e:
-            raise StageFailed(f"gptq: layer '{full[0]}' failed: {e}.") from None
-        energy = output_energy(W, H)
-        r0 = 0
-        for m, name in zip(mods, full, strict=True):
-            r1 = r0 + m.out_features
-            part = QuantizedTensor(
-                qt.q[r0:r1], qt.scale[r0:r1], qt.zero[r0:r1], qt.bits, qt.group_size
-            )
-            deq = dequantize(part)
-            if not (
-                torch.isfinite(part.scale).all()
-                and torch.isfinite(part.zero).all()
-                and torch.isfinite(deq).all()
-            ):
-                raise ReleaseFailed(f"gptq: layer '{name}' has non-finite weights or scales.")
-            errors[name] = float(row_err[r0:r1].sum() / energy[r0:r1].sum().clamp(min=1e-30))
-            if cfg.bits == 8:
-                new_modules[name] = Int8Linear.from_float(m, part, dtype)
-            else:
-                new_modules[name] = Int4Linear.from_float(m, as_int4(part), dtype)
-            with torch.no_grad():  # the loop's later forwards see the quantized weights
-                m.weight.copy_(deq.to(m.weight.dtype))
-            r0 = r1
 
-    cast_float_parts(model, calib_dtype)
-    per_layer = layerwise.run(
-        model,
-        calibration,
-        by_layer,
-        quantize_group,
-        hessian_update,
-        true_sequential=cfg.true_sequential,
-        batch_size=cfg.batch_size,
-        desc=f"gptq int{cfg.bits}",
-    )
-    for name, new in new_modules.items():
-        set_module(model, name, new)
-    cast_float_parts(model, dtype)
-    handle.dtype = cfg.compute_dtype
+def _notes(
+    cfg: GPTQConfig, calibration: CalibrationData, static: bool, zeros: int, n_params: int
+) -> list[str]:
+    """The record's notes: calibration, damping, preserve_zeros, act_order, containers."""
+    from compress.numerics.grid import container_notes
 
-    n_params = sum(m.weight.numel() for m in chosen.values())
-    grid = "symmetric" if cfg.symmetric else "asymmetric (min/max, float zero)"
-    layout = f"group {cfg.group_size}" if cfg.group_size else "per channel"
     notes = [
         f"Hessians from {calibration.input_ids.shape[0]} x {calibration.input_ids.shape[1]} "
         f"calibration tokens, forwards in {cfg.calibration_dtype or cfg.compute_dtype}, "
@@ -181,11 +175,73 @@ def apply(ctx: StageContext, cfg: GPTQConfig) -> StageRecord:
         )
     notes += container_notes(cfg.bits, cfg.group_size)
     notes.append(f"float parts of the model now compute in {cfg.compute_dtype}")
+    return notes
+
+
+def _summary(cfg: GPTQConfig, static: bool, n_layers: int, n_params: int) -> str:
+    """One line: bits, grid, layout, act_order, layer and weight counts."""
+    grid = "symmetric" if cfg.symmetric else "asymmetric (min/max, float zero)"
+    layout = f"group {cfg.group_size}" if cfg.group_size else "per channel"
+    return (
+        f"gptq int{cfg.bits} {grid}, {layout}"
+        + (", act_order (static groups)" if static else ", act_order" if cfg.act_order else "")
+        + f", {n_layers} Linear layers ({n_params / 1e6:.1f}M weights)"
+    )
+
+
+@register(GPTQConfig)
+def apply(ctx: StageContext, cfg: GPTQConfig) -> StageRecord:
+    handle, calibration = ctx.model, ctx.calibration()
+    import torch
+
+    from compress.calibration import layerwise
+    from compress.calibration.calibrate import require_calibration
+    from compress.numerics.hessian import hessian_update
+    from compress.quant.modules import weight_only_kernel
+    from compress.targets import cast_float_parts, select_linears, set_module
+
+    t0 = time.perf_counter()
+    require_calibration(calibration, "gptq", "layer inputs to build its Hessians")
+    model = handle.model
+    dtype = getattr(torch, cfg.compute_dtype)
+    calib_dtype = getattr(torch, cfg.calibration_dtype or cfg.compute_dtype)
+    chosen = select_linears(
+        model, cfg.targets, cfg.ignore, stage="gptq", group_size=cfg.group_size, bits=cfg.bits
+    )
+    by_layer = layerwise.by_decoder_layer(model, chosen, "gptq")
+    zeros = sum(int((m.weight == 0).sum()) for m in chosen.values()) if cfg.preserve_zeros else 0
+    static = cfg.act_order and cfg.group_size is not None
+    new_modules: dict[str, nn.Module] = {}
+    errors: dict[str, float] = {}
+    quantize_group = functools.partial(
+        _quantize_group,
+        cfg=cfg,
+        static=static,
+        dtype=dtype,
+        errors=errors,
+        new_modules=new_modules,
+    )
+    cast_float_parts(model, calib_dtype)
+    per_layer = layerwise.run(
+        model,
+        calibration,
+        by_layer,
+        quantize_group,
+        hessian_update,
+        true_sequential=cfg.true_sequential,
+        batch_size=cfg.batch_size,
+        desc=f"gptq int{cfg.bits}",
+    )
+    for name, new in new_modules.items():
+        set_module(model, name, new)
+    cast_float_parts(model, dtype)
+    handle.dtype = cfg.compute_dtype
+
+    n_params = sum(m.weight.numel() for m in chosen.values())
+    notes = _notes(cfg, calibration, static, zeros, n_params)
     return StageRecord.make(
         method="gptq",
-        summary=f"gptq int{cfg.bits} {grid}, {layout}"
-        + (", act_order (static groups)" if static else ", act_order" if cfg.act_order else "")
-        + f", {len(chosen)} Linear layers ({n_params / 1e6:.1f}M weights)",
+        summary=_summary(cfg, static, len(chosen), n_params),
         layers=len(chosen),
         weights_quantized=n_params,
         kernel=weight_only_kernel(cfg.bits, handle.device, dtype),

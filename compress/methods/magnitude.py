@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Literal
 
-from compress.methods.pruning import PruneBase
+from compress.methods._pruning import PruneBase
 from compress.methods.registry import StageContext, StageRecord, register
 
 
@@ -19,8 +19,8 @@ def apply(ctx: StageContext, cfg: MagnitudeConfig) -> StageRecord:
     handle = ctx.model
     import torch
 
-    from compress.methods.pruning import prunable, record
-    from compress.prune.masks import prune_mask, wanda_scores
+    from compress.methods._pruning import prunable, record
+    from compress.numerics.masks import prune_mask, wanda_scores
 
     t0 = time.perf_counter()
     chosen = prunable(handle, cfg, "magnitude")

@@ -32,13 +32,20 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
 from compress._config import StageBase
 from compress.methods.registry import StageContext, StageRecord, register
 from compress.runtimes.onnx_common import NBITS_ACCURACY, require_package
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
+    from torch import nn
+
+    from compress.handle import ModelHandle
+    from compress.runtimes.onnxruntime import OrtCausalLM
 
 log = logging.getLogger(__name__)
 
@@ -76,25 +83,9 @@ class OnnxInt8Config(StageBase):
         return self
 
 
-@register(OnnxInt8Config)
-def apply(ctx: StageContext, cfg: OnnxInt8Config) -> StageRecord:
-    handle = ctx.model
-    import torch
-
-    from compress.errors import BadInput, StageFailed
-    from compress.methods.targets import cast_float_parts, linears
-
-    onnx = require_package("onnx")
-    require_package("onnxscript")
-    ort = require_package("onnxruntime")
-    from compress.runtimes.onnx_export import export_onnx, module_name
-    from compress.runtimes.onnx_graph import quantize_onnx, tied_embedding_quantized
-    from compress.runtimes.onnxruntime import (
-        META_WEIGHTS,
-        OrtCausalLM,
-        initializer_nbytes,
-        providers_for,
-    )
+def _check(handle: ModelHandle) -> None:
+    """Refuse what onnx_int8 cannot export: encoders, non-torch handles, quantized modules."""
+    from compress.errors import BadInput
 
     arch = getattr(handle.source, "architecture", "causal_lm")
     if arch != "causal_lm":
@@ -107,18 +98,20 @@ def apply(ctx: StageContext, cfg: OnnxInt8Config) -> StageRecord:
             f"onnx_int8 exports a torch model; this handle already runs in {handle.runtime}.",
             fix="Put onnx_int8 first (and only once) in stages.",
         )
-    model = handle.model
-    packed = [n for n, m in model.named_modules() if getattr(m, "kind", None)]
+    packed = [n for n, m in handle.model.named_modules() if getattr(m, "kind", None)]
     if packed:
         raise BadInput(
             f"onnx_int8 exports float models; {len(packed)} module(s) are already quantized "
             f"in torch (e.g. {packed[0]}).",
             fix="Run onnx_int8 on the float model (as the only quantizing stage).",
         )
-    t0 = time.perf_counter()
-    cast_float_parts(model, torch.float32)
-    model.to("cpu").eval()
-    chosen = linears(model, cfg.targets, cfg.ignore, stage="onnx_int8")
+
+
+def _export(model: nn.Module, cfg: OnnxInt8Config) -> tuple[ModelProto, bool, list[str]]:
+    """Export the float graph, falling back to no KV cache when the cached export fails;
+    (graph, has a KV cache, notes)."""
+    from compress.runtimes.onnx_export import export_onnx
+
     notes: list[str] = []
     kv_cache = cfg.kv_cache
     try:
@@ -138,8 +131,14 @@ def apply(ctx: StageContext, cfg: OnnxInt8Config) -> StageRecord:
         notes.append(
             "WARNING: NO KV CACHE (kv_cache: false): every decode step re-runs the whole prefix."
         )
-    export_s = time.perf_counter() - t0
-    fp32_bytes = initializer_nbytes(proto)
+    return proto, kv_cache, notes
+
+
+def _matmul_nodes(proto: ModelProto, chosen: dict[str, nn.Linear], notes: list[str]) -> list[str]:
+    """The chosen Linears found as MatMul/Gemm nodes (graphs over 2 GB refused); a note on
+    those missing is appended to `notes`."""
+    from compress.errors import BadInput, StageFailed
+
     if proto.ByteSize() > MAX_INLINE_BYTES:
         raise BadInput(
             f"the float ONNX graph is {proto.ByteSize() / 1e9:.1f} GB; graphs over 2 GB need "
@@ -160,43 +159,30 @@ def apply(ctx: StageContext, cfg: OnnxInt8Config) -> StageRecord:
             f"{len(missing)} selected Linear layer(s) not found as MatMul nodes, left float: "
             + ", ".join(missing[:5])
         )
-    t1 = time.perf_counter()
-    q = quantize_onnx(
-        proto,
-        nodes=found,
-        per_channel=cfg.per_channel,
-        kernel=cfg.kernel,
-        block_size=cfg.block_size,
-    )
-    del proto
+    return found
+
+
+def _tied_notes(q: ModelProto, model: nn.Module) -> list[str]:
+    """What became of a tied input embedding in the quantized graph."""
+    from compress.runtimes.onnx_export import module_name
+    from compress.runtimes.onnx_graph import tied_embedding_quantized
+
     head_name = module_name(model, getattr(model, "get_output_embeddings", lambda: None)())
     tied_q = tied_embedding_quantized(q)
     if tied_q is True:
-        notes.append(
+        return [
             f"tied input embedding + {head_name} stored once as int8; the embedding lookup "
             "dequantizes the gathered rows with the lm_head's per-row scales"
-        )
-    elif tied_q is False:
-        notes.append(
+        ]
+    if tied_q is False:
+        return [
             f"tied input embedding + {head_name} stored once in float32 ({head_name} not quantized)"
-        )
-    quant_s = time.perf_counter() - t1
-    weight_nbytes = initializer_nbytes(q)
-    onnx.helper.set_model_props(
-        q, dict({p.key: p.value for p in q.metadata_props}, **{META_WEIGHTS: str(weight_nbytes)})
-    )
-    data = q.SerializeToString()
-    n_params = sum(chosen[n].weight.numel() for n in found)
-    config = model.config
-    wrapper = OrtCausalLM(data, config, device=handle.device, weight_nbytes=weight_nbytes)
-    handle.model = wrapper
-    handle.runtime = "onnxruntime"
-    handle.dtype = "float32"
-    runtime = wrapper.runtime
-    if torch.device(handle.device).type == "cuda" and providers_for(handle.device)[0] != (
-        "CUDAExecutionProvider"
-    ):
-        notes.append(f"device {handle.device} requested, but ORT has no CUDA provider here")
+        ]
+    return []
+
+
+def _kernel_desc(cfg: OnnxInt8Config) -> tuple[str, str, str, str]:
+    """(weight grid, how quantized, ORT ops, activation handling) of the chosen kernel."""
     if cfg.kernel == "dynamic":
         grid = f"{'per-channel' if cfg.per_channel else 'per-tensor'} int8 weights"
         how = "quant_pre_process + quantize_dynamic"
@@ -207,6 +193,81 @@ def apply(ctx: StageContext, cfg: OnnxInt8Config) -> StageRecord:
         how = "MatMulNBitsQuantizer(bits=8)"
         ops = f"MatMulNBits (bits 8, block {cfg.block_size}, accuracy_level {NBITS_ACCURACY})"
         acts = f"activations quantized to int8 per block of {cfg.block_size} at run time"
+    return grid, how, ops, acts
+
+
+def _to_ort(handle: ModelHandle, q: ModelProto) -> tuple[OrtCausalLM, bytes, int]:
+    """Serialize the quantized graph (its weight bytes in the metadata) and make the handle run
+    it in ONNX Runtime; (wrapper, model.onnx bytes, weight bytes)."""
+    from onnx import helper
+
+    from compress.runtimes.onnxruntime import META_WEIGHTS, OrtCausalLM, initializer_nbytes
+
+    weight_nbytes = initializer_nbytes(q)
+    helper.set_model_props(
+        q, dict({p.key: p.value for p in q.metadata_props}, **{META_WEIGHTS: str(weight_nbytes)})
+    )
+    data = q.SerializeToString()
+    config = handle.model.config
+    wrapper = OrtCausalLM(data, config, device=handle.device, weight_nbytes=weight_nbytes)
+    handle.model = wrapper
+    handle.runtime = "onnxruntime"
+    handle.dtype = "float32"
+    return wrapper, data, weight_nbytes
+
+
+def _provider_notes(handle: ModelHandle) -> list[str]:
+    """A note when CUDA was asked for but ORT has no CUDA provider."""
+    import torch
+
+    from compress.runtimes.onnxruntime import providers_for
+
+    if torch.device(handle.device).type == "cuda" and providers_for(handle.device)[0] != (
+        "CUDAExecutionProvider"
+    ):
+        return [f"device {handle.device} requested, but ORT has no CUDA provider here"]
+    return []
+
+
+@register(OnnxInt8Config)
+def apply(ctx: StageContext, cfg: OnnxInt8Config) -> StageRecord:
+    handle = ctx.model
+    import torch
+
+    from compress.targets import cast_float_parts, linears
+
+    require_package("onnx")
+    require_package("onnxscript")
+    ort = require_package("onnxruntime")
+    from compress.runtimes.onnx_graph import quantize_onnx
+    from compress.runtimes.onnxruntime import initializer_nbytes
+
+    _check(handle)
+    model = handle.model
+    t0 = time.perf_counter()
+    cast_float_parts(model, torch.float32)
+    model.to("cpu").eval()
+    chosen = linears(model, cfg.targets, cfg.ignore, stage="onnx_int8")
+    proto, kv_cache, notes = _export(model, cfg)
+    export_s = time.perf_counter() - t0
+    fp32_bytes = initializer_nbytes(proto)
+    found = _matmul_nodes(proto, chosen, notes)
+    t1 = time.perf_counter()
+    q = quantize_onnx(
+        proto,
+        nodes=found,
+        per_channel=cfg.per_channel,
+        kernel=cfg.kernel,
+        block_size=cfg.block_size,
+    )
+    del proto
+    notes += _tied_notes(q, model)
+    quant_s = time.perf_counter() - t1
+    wrapper, data, weight_nbytes = _to_ort(handle, q)
+    n_params = sum(chosen[n].weight.numel() for n in found)
+    runtime = wrapper.runtime
+    notes += _provider_notes(handle)
+    grid, how, ops, acts = _kernel_desc(cfg)
     notes += [
         f"measured in {runtime} ({torch.get_num_threads()} intra-op threads)",
         f"exported with torch.onnx.export(dynamo=True, opset {cfg.opset}) in {export_s:.1f} s; "

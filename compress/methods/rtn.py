@@ -52,14 +52,14 @@ def apply(ctx: StageContext, cfg: RTNConfig) -> StageRecord:
     from tqdm.auto import tqdm
 
     from compress.errors import ReleaseFailed
-    from compress.methods.targets import cast_float_parts, select_linears, set_module
-    from compress.quant.grid import as_int4, container_notes, quantize
+    from compress.numerics.grid import as_int4, container_notes, quantize
     from compress.quant.modules import (
         Int4Linear,
         Int8Embedding,
         Int8Linear,
         weight_only_kernel,
     )
+    from compress.targets import cast_float_parts, select_linears, set_module
 
     t0 = time.perf_counter()
     model = handle.model

@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from compress.methods.pruning import PruneBase
+from compress.methods._pruning import PruneBase
 from compress.methods.registry import StageContext, StageRecord, register
 
 
@@ -32,11 +32,11 @@ def apply(ctx: StageContext, cfg: SparseGPTConfig) -> StageRecord:
     handle, calibration = ctx.model, ctx.calibration()
     import torch
 
+    from compress.calibration import layerwise
     from compress.errors import ReleaseFailed, StageFailed
-    from compress.methods import layerwise
-    from compress.methods.pruning import calibrated, record
-    from compress.prune.sparsegpt import sparsegpt_prune
-    from compress.quant.gptq import hessian_update, output_energy
+    from compress.methods._pruning import calibrated, record
+    from compress.numerics.hessian import hessian_update, output_energy
+    from compress.numerics.sparsegpt import sparsegpt_prune
 
     t0 = time.perf_counter()
     errors: dict[str, float] = {}

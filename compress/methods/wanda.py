@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from compress.methods.pruning import PruneBase
+from compress.methods._pruning import PruneBase
 from compress.methods.registry import StageContext, StageRecord, register
 
 
@@ -30,9 +30,9 @@ def apply(ctx: StageContext, cfg: WandaConfig) -> StageRecord:
     handle, calibration = ctx.model, ctx.calibration()
     import torch
 
-    from compress.methods import layerwise
-    from compress.methods.pruning import calibrated, record
-    from compress.prune.masks import prune_mask, wanda_scores
+    from compress.calibration import layerwise
+    from compress.methods._pruning import calibrated, record
+    from compress.numerics.masks import prune_mask, wanda_scores
 
     t0 = time.perf_counter()
 

@@ -51,7 +51,7 @@ def _float_dtype(model: nn.Module) -> str:
 def _set_float_dtype(model: nn.Module, dtype: str) -> None:
     """Residual stream and small float parts in `dtype`; float Linear/Embedding weights keep
     their storage dtype (no memory added) and cast at their boundary."""
-    from compress.methods.targets import cast_float_parts
+    from compress.targets import cast_float_parts
 
     dt = getattr(torch, dtype)
     keep = (nn.Linear, nn.Embedding)

@@ -14,11 +14,19 @@ import inspect
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from compress.errors import BadInput
 from compress.profile.memory import RssSampler, cuda_memory
-from compress.stats import measurement, median, unavailable
+from compress.profile.samples import (
+    energy_measurement,
+    memory_measurements,
+    process_measurements,
+    single_measurement,
+    suffix,
+)
+from compress.stats import median
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +38,6 @@ PARAGRAPH = (
     "town records list their names, their debts and the prices they paid for grain in good "
     "years and bad. "
 )
-
-
-def suffix(batch_size: int) -> str:
-    """Metric-name suffix for a batch size: '' for 1, '@bs8' for 8."""
-    return "" if batch_size == 1 else f"@bs{batch_size}"
 
 
 def build_prompt(tokenizer: Any, prompt_tokens: int) -> list[int]:
@@ -153,33 +156,14 @@ def profile_generation(
     import torch
     from tqdm.auto import tqdm
 
-    if new_tokens < 2:
-        raise BadInput(
-            f"profile.new_tokens must be >= 2 (one prefill token + decode steps), got {new_tokens}."
-        )
-    if repeats < 1:
-        raise BadInput(f"profile.repeats must be >= 1, got {repeats}.")
-    max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if max_pos is not None and prompt_tokens + new_tokens > max_pos:
-        raise BadInput(
-            f"profile.prompt_tokens + profile.new_tokens = {prompt_tokens + new_tokens} exceeds "
-            f"the model's max_position_embeddings ({max_pos}).",
-            fix="Lower profile.prompt_tokens or profile.new_tokens in the recipe.",
-        )
+    _check_generation(model, prompt_tokens, new_tokens, repeats)
     cuda = torch.device(device).type == "cuda"
     ids = build_prompt(tokenizer, prompt_tokens)
     input_ids = torch.tensor([ids] * batch_size, dtype=torch.long, device=device)
     sfx = suffix(batch_size)
     steps = new_tokens - 1
 
-    prefill_ms: list[float] = []
-    step_ms_all: list[list[float]] = []
-    e2e_s: list[float] = []
-    peak_a: list[float] = []
-    peak_b: list[float] = []
-    energy_jpt: list[float] = []
-    energy_results: list[Any] = []
-    greedy: list[int] | None = None
+    acc = _Repeats(cuda, track_memory, batch_size * steps)
     was_training = getattr(model, "training", False)
     model.eval()
     bar = tqdm(
@@ -197,175 +181,78 @@ def profile_generation(
                 with mem_ctx as mem:
                     r = _one_repeat(model, input_ids, new_tokens, cuda, meter)
                 bar.update(1)
-                if not timed:
-                    continue
-                if greedy is None:
-                    greedy = r["ids"]
-                prefill_ms.append(r["prefill_ms"])
-                step_ms_all.append(r["step_ms"])
-                e2e_s.append((r["prefill_ms"] + sum(r["step_ms"])) / 1000.0)
-                if track_memory:
-                    if cuda:
-                        peak_a.append(mem.peak_allocated)
-                        peak_b.append(mem.peak_reserved)
-                    else:
-                        peak_a.append(mem.peak)
-                if meter is not None:
-                    energy_results.append(meter.result)
-                    if meter.result.joules is not None:
-                        energy_jpt.append(meter.result.joules / (batch_size * steps))
+                if timed:
+                    acc.add(r, mem, meter)
     finally:
         bar.close()
         if was_training:
             model.train()
-
     clock = "CUDA events" if cuda else "time.perf_counter"
     raw = {
-        "prefill_ms": prefill_ms,
-        "step_ms": step_ms_all,
-        "e2e_s": e2e_s,
-        "peak_a": peak_a,
-        "peak_b": peak_b,
+        "prefill_ms": acc.prefill_ms,
+        "step_ms": acc.step_ms,
+        "e2e_s": acc.e2e_s,
+        "peak_a": acc.peak_a,
+        "peak_b": acc.peak_b,
     }
     ms = process_measurements(
         raw, batch_size=batch_size, prompt_tokens=prompt_tokens, new_tokens=new_tokens, clock=clock
     )
     if track_memory:
-        ms += _memory_measurements(sfx, cuda, peak_a, peak_b)
+        ms += memory_measurements(sfx, cuda, acc.peak_a, acc.peak_b)
     if energy_meter is not None:
-        ms.append(_energy_measurement(sfx, energy_jpt, energy_results, steps, batch_size))
-    return {"measurements": ms, "greedy_ids": greedy or [], "raw": raw}
+        ms.append(energy_measurement(sfx, acc.energy_jpt, acc.energy, steps, batch_size))
+    return {"measurements": ms, "greedy_ids": acc.greedy or [], "raw": raw}
 
 
-def quantile(xs: list[float], q: float) -> float:
-    """Linear-interpolated quantile (numpy's default), q in [0, 1]."""
-    import numpy as np
-
-    return float(np.quantile(np.asarray(xs, dtype=float), q))
-
-
-def process_measurements(
-    raw: dict[str, list], *, batch_size: int, prompt_tokens: int, new_tokens: int, clock: str
-) -> list[dict[str, Any]]:
-    """One value per metric for THIS process (one sample of the paired protocol, see
-    `compress.profile.paired`): medians over the timed repeats / decode steps after warm-up."""
-    sfx = suffix(batch_size)
-    shape = f"batch {batch_size}, {prompt_tokens}-token prompt"
-    steps = [t for rep in raw["step_ms"] for t in rep]
-    pre = median(raw["prefill_ms"])
-    step50 = median(steps)
-    per = f"in this process ({len(raw['prefill_ms'])} timed repeats after warm-up, {clock})"
-    per_steps = f"over {len(steps)} decode steps {per}"
-    one = _single
-    return [
-        one(
-            f"prefill.latency_ms{sfx}", pre, "ms", False, f"median prefill forward, {shape}, {per}"
-        ),
-        one(
-            f"prefill.tokens_per_s{sfx}",
-            batch_size * prompt_tokens / (pre / 1000.0),
-            "tokens/s",
-            True,
-            f"batch x prompt tokens / median prefill latency ({shape}) {per}",
-        ),
-        one(
-            f"decode.tokens_per_s{sfx}",
-            batch_size * 1000.0 / step50,
-            "tokens/s",
-            True,
-            f"batch / median one-token decode step with KV cache after a {prompt_tokens}-token "
-            f"prompt, batch {batch_size}, {per_steps}",
-        ),
-        one(
-            f"decode.latency_ms_per_token{sfx}",
-            step50,
-            "ms",
-            False,
-            f"p50 of the one-token decode step time, batch {batch_size}, {per_steps}",
-        ),
-        one(
-            f"decode.latency_ms_p90{sfx}",
-            quantile(steps, 0.9),
-            "ms",
-            False,
-            f"p90 of the decode step time, batch {batch_size}, {per_steps}",
-        ),
-        one(
-            f"decode.latency_ms_p99{sfx}",
-            quantile(steps, 0.99),
-            "ms",
-            False,
-            f"p99 of the decode step time, batch {batch_size}, {per_steps}",
-        ),
-        one(
-            f"e2e.tokens_per_s{sfx}",
-            median([batch_size * new_tokens / s for s in raw["e2e_s"]]),
-            "tokens/s",
-            True,
-            f"a batch of {batch_size} request(s): {new_tokens} generated tokens each / wall time "
-            f"of prefill + decode, median {per}",
-        ),
-    ]
-
-
-def _single(name: str, value: float, unit: str, hib: bool, method: str) -> dict[str, Any]:
-    return measurement(name, [value], unit, hib, method)
-
-
-def _memory_measurements(sfx: str, cuda: bool, peak_a: list, peak_b: list) -> list[dict]:
-    if cuda:
-        return [
-            _single(
-                f"memory.peak_allocated_bytes{sfx}",
-                max(peak_a),
-                "bytes",
-                False,
-                "torch.cuda.max_memory_allocated over the timed repeats in this process",
-            ),
-            _single(
-                f"memory.peak_reserved_bytes{sfx}",
-                max(peak_b),
-                "bytes",
-                False,
-                "torch.cuda.max_memory_reserved over the timed repeats in this process",
-            ),
-        ]
-    return [
-        _single(
-            f"memory.peak_rss_bytes{sfx}",
-            max(peak_a),
-            "bytes",
-            False,
-            "peak process RSS (the kernel's VmHWM, reset at each timed repeat; 5 ms samples where "
-            "the kernel has no such counter) "
-            "during the timed repeats in this process",
+def _check_generation(model: Any, prompt_tokens: int, new_tokens: int, repeats: int) -> None:
+    if new_tokens < 2:
+        raise BadInput(
+            f"profile.new_tokens must be >= 2 (one prefill token + decode steps), got {new_tokens}."
         )
-    ]
+    if repeats < 1:
+        raise BadInput(f"profile.repeats must be >= 1, got {repeats}.")
+    max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if max_pos is not None and prompt_tokens + new_tokens > max_pos:
+        raise BadInput(
+            f"profile.prompt_tokens + profile.new_tokens = {prompt_tokens + new_tokens} exceeds "
+            f"the model's max_position_embeddings ({max_pos}).",
+            fix="Lower profile.prompt_tokens or profile.new_tokens in the recipe.",
+        )
 
 
-def _energy_measurement(
-    sfx: str, jpt: list[float], results: list[Any], steps: int, batch_size: int
-) -> dict[str, Any]:
-    name = f"energy.joules_per_token{sfx}"
-    if not jpt:
-        reasons = sorted({r.reason for r in results if r is not None and r.reason})
-        return unavailable(name, "J/token", False, "; ".join(reasons) or "no energy reading")
-    first = results[0]
-    how = {
-        "measured": "energy read around each timed decode loop",
-        "estimated": "stated power x decode wall time",
-    }.get(first.status, "energy")
-    m = measurement(
-        name,
-        [median(jpt)],
-        "J/token",
-        False,
-        f"{how} ({first.source}) / (batch {batch_size} x {steps} decode tokens), median over "
-        f"{len(jpt)} timed repeats in this process",
-        status=first.status,
-        reason=first.reason,
-    )
-    return m
+@dataclass
+class _Repeats:
+    """What the timed repeats of one `profile_generation` call collected."""
+
+    cuda: bool
+    track_memory: bool
+    decoded_tokens: int  # batch size x decode steps per repeat
+    prefill_ms: list[float] = field(default_factory=list)
+    step_ms: list[list[float]] = field(default_factory=list)
+    e2e_s: list[float] = field(default_factory=list)
+    peak_a: list[float] = field(default_factory=list)
+    peak_b: list[float] = field(default_factory=list)
+    energy_jpt: list[float] = field(default_factory=list)
+    energy: list[Any] = field(default_factory=list)
+    greedy: list[int] | None = None
+
+    def add(self, r: dict, mem: Any, meter: Any) -> None:
+        if self.greedy is None:
+            self.greedy = r["ids"]
+        self.prefill_ms.append(r["prefill_ms"])
+        self.step_ms.append(r["step_ms"])
+        self.e2e_s.append((r["prefill_ms"] + sum(r["step_ms"])) / 1000.0)
+        if self.track_memory:
+            if self.cuda:
+                self.peak_a.append(mem.peak_allocated)
+                self.peak_b.append(mem.peak_reserved)
+            else:
+                self.peak_a.append(mem.peak)
+        if meter is not None:
+            self.energy.append(meter.result)
+            if meter.result.joules is not None:
+                self.energy_jpt.append(meter.result.joules / self.decoded_tokens)
 
 
 def profile_prefill(
@@ -397,14 +284,14 @@ def profile_prefill(
     per = f"median of {len(times)} timed forwards after {warmup} warm-up in this process ({clock})"
     sfx = f"@p{prompt_tokens}"
     return [
-        _single(
+        single_measurement(
             f"prefill.latency_ms{sfx}",
             pre,
             "ms",
             False,
             f"prefill forward, batch 1, {prompt_tokens}-token prompt, {per}",
         ),
-        _single(
+        single_measurement(
             f"prefill.tokens_per_s{sfx}",
             prompt_tokens / (pre / 1000.0),
             "tokens/s",

@@ -85,7 +85,6 @@ def profile_model(
     repeats = cfg.quick_repeats if quick else cfg.repeats
     batch_sizes = sorted(set(cfg.batch_sizes))
     architecture = getattr(getattr(handle, "source", None), "architecture", "causal_lm")
-    is_cuda = torch.device(device).type == "cuda"
     power_watts = getattr(cfg, "power_watts", None)
 
     ms: list[dict[str, Any]] = [
@@ -109,48 +108,13 @@ def profile_model(
     step_ms: dict[str, list[float]] = {}
     meter: EnergyMeter | None = None
     if architecture != "causal_lm":
-        why = f"generation profiling needs a causal LM; this model is an {architecture}"
-        for bs in batch_sizes:
-            ms += [unavailable(n + suffix(bs), u, hib, why) for n, u, hib in GENERATION_METRICS]
-        for n_tokens in _extra_prefill_lengths(cfg):
-            ms += [
-                unavailable(n + f"@p{n_tokens}", u, hib, why)
-                for n, u, hib in GENERATION_METRICS
-                if n.startswith("prefill.")
-            ]
-        ms.append(unavailable("energy.joules_per_token", "J/token", False, why))
+        ms += _not_generative(architecture, batch_sizes, cfg)
     else:
         meter = EnergyMeter(device, power_watts=power_watts)
         try:
-            for bs in batch_sizes:
-                log.info(
-                    "profiling batch size %d (%d repeats, %d warm-up)", bs, repeats, cfg.warmup
-                )
-                res = profile_generation(
-                    model,
-                    handle.tokenizer,
-                    prompt_tokens=cfg.prompt_tokens,
-                    new_tokens=cfg.new_tokens,
-                    batch_size=bs,
-                    warmup=cfg.warmup,
-                    repeats=repeats,
-                    device=device,
-                    progress=progress,
-                    track_memory=True,
-                    energy_meter=(lambda: meter) if bs == 1 else None,
-                )
-                ms += res["measurements"]
-                greedy[str(bs)] = res["greedy_ids"]
-                step_ms[str(bs)] = [t for rep in res["raw"]["step_ms"] for t in rep]
-            for n_tokens in _extra_prefill_lengths(cfg):
-                ms += profile_prefill(
-                    model,
-                    handle.tokenizer,
-                    prompt_tokens=n_tokens,
-                    warmup=cfg.warmup,
-                    repeats=repeats,
-                    device=device,
-                )
+            ms += _time_generation(
+                handle, cfg, batch_sizes, repeats, meter, greedy, step_ms, progress
+            )
         finally:
             meter.close()
         if 1 not in batch_sizes:
@@ -163,7 +127,83 @@ def profile_model(
                 )
             )
 
-    context = {
+    context = _context(model, device, cfg, batch_sizes, repeats, quick)
+    context.update(
+        energy_source=meter.source if meter is not None else "none",
+        greedy_ids=greedy,
+        decode_step_ms=step_ms,
+    )
+    return {"measurements": ms, "context": context}
+
+
+def _not_generative(architecture: str, batch_sizes: list[int], cfg: ProfileConfig) -> list[dict]:
+    """Every generation metric as unavailable, saying why."""
+    why = f"generation profiling needs a causal LM; this model is an {architecture}"
+    ms = [
+        unavailable(n + suffix(bs), u, hib, why)
+        for bs in batch_sizes
+        for n, u, hib in GENERATION_METRICS
+    ]
+    for n_tokens in _extra_prefill_lengths(cfg):
+        ms += [
+            unavailable(n + f"@p{n_tokens}", u, hib, why)
+            for n, u, hib in GENERATION_METRICS
+            if n.startswith("prefill.")
+        ]
+    ms.append(unavailable("energy.joules_per_token", "J/token", False, why))
+    return ms
+
+
+def _time_generation(
+    handle: ModelHandle,
+    cfg: ProfileConfig,
+    batch_sizes: list[int],
+    repeats: int,
+    meter: EnergyMeter,
+    greedy: dict[str, list[int]],
+    step_ms: dict[str, list[float]],
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """Prefill + decode at every batch size (energy on batch 1), then the extra prefill
+    lengths; fills `greedy` and `step_ms` per batch size for the context."""
+    ms: list[dict[str, Any]] = []
+    device = str(handle.device)
+    for bs in batch_sizes:
+        log.info("profiling batch size %d (%d repeats, %d warm-up)", bs, repeats, cfg.warmup)
+        res = profile_generation(
+            handle.model,
+            handle.tokenizer,
+            prompt_tokens=cfg.prompt_tokens,
+            new_tokens=cfg.new_tokens,
+            batch_size=bs,
+            warmup=cfg.warmup,
+            repeats=repeats,
+            device=device,
+            progress=progress,
+            track_memory=True,
+            energy_meter=(lambda: meter) if bs == 1 else None,
+        )
+        ms += res["measurements"]
+        greedy[str(bs)] = res["greedy_ids"]
+        step_ms[str(bs)] = [t for rep in res["raw"]["step_ms"] for t in rep]
+    for n_tokens in _extra_prefill_lengths(cfg):
+        ms += profile_prefill(
+            handle.model,
+            handle.tokenizer,
+            prompt_tokens=n_tokens,
+            warmup=cfg.warmup,
+            repeats=repeats,
+            device=device,
+        )
+    return ms
+
+
+def _context(
+    model: Any, device: str, cfg: ProfileConfig, batch_sizes: list[int], repeats: int, quick: bool
+) -> dict[str, Any]:
+    import torch
+
+    return {
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "torch_version": torch.__version__,
@@ -171,7 +211,7 @@ def profile_model(
         "python_version": platform.python_version(),
         "device": device,
         "device_name": device_name(device),
-        "cuda": is_cuda,
+        "cuda": torch.device(device).type == "cuda",
         "dtype": next(iter(param_dtypes(model)), None),
         "param_dtypes": param_dtypes(model),
         "batch_sizes": batch_sizes,
@@ -181,12 +221,8 @@ def profile_model(
         "repeats": repeats,
         "warmup": cfg.warmup,
         "quick": quick,
-        "energy_source": meter.source if meter is not None else "none",
-        "greedy_ids": greedy,
-        "decode_step_ms": step_ms,
         "prefill_lengths": _extra_prefill_lengths(cfg),
     }
-    return {"measurements": ms, "context": context}
 
 
 def _transformers_version() -> str | None:

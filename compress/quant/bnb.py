@@ -284,7 +284,7 @@ class BnbLinear(nn.Module):
         }
 
     @classmethod
-    def shell(cls, spec: dict, dtype=None) -> BnbLinear:
+    def shell(cls, spec: dict, dtype: torch.dtype | None = None) -> BnbLinear:
         return cls(
             spec["in_features"],
             spec["out_features"],

@@ -50,7 +50,7 @@ class DynamicInt8Linear(nn.Module):
         }
 
     @classmethod
-    def shell(cls, spec: dict, dtype=None) -> DynamicInt8Linear:
+    def shell(cls, spec: dict, dtype: torch.dtype | None = None) -> DynamicInt8Linear:
         return cls(spec["in_features"], spec["out_features"], spec["bias"])
 
     def weight_nbytes(self) -> int:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compress._config import INT4_GROUP_SIZES
-from compress.quant.grid import QuantizedTensor, int8_codes, pack_int4, unpack_int4
+from compress.numerics.grid import QuantizedTensor, int8_codes, pack_int4, unpack_int4
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,9 @@ class Int8Linear(nn.Module):
         )
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, qt: QuantizedTensor, compute_dtype) -> Int8Linear:
+    def from_float(
+        cls, linear: nn.Linear, qt: QuantizedTensor, compute_dtype: torch.dtype
+    ) -> Int8Linear:
         if qt.bits != 8 or qt.groups != 1 or bool(qt.zero.any()):
             raise ValueError("Int8Linear needs a symmetric per-channel 8-bit grid")
         m = cls(
@@ -161,7 +163,7 @@ class Int8Linear(nn.Module):
         }
 
     @classmethod
-    def shell(cls, spec: dict, dtype) -> Int8Linear:
+    def shell(cls, spec: dict, dtype: torch.dtype) -> Int8Linear:
         return cls(spec["in_features"], spec["out_features"], spec["bias"], dtype)
 
     def export(self) -> dict[str, torch.Tensor]:
@@ -212,7 +214,9 @@ class Int4Linear(nn.Module):
 
     # -- construction -------------------------------------------------------------------
     @classmethod
-    def from_float(cls, linear: nn.Linear, qt: QuantizedTensor, compute_dtype) -> Int4Linear:
+    def from_float(
+        cls, linear: nn.Linear, qt: QuantizedTensor, compute_dtype: torch.dtype
+    ) -> Int4Linear:
         if qt.bits != 4 or qt.group_size is None:
             raise ValueError("Int4Linear needs a grouped 4-bit grid")
         m = cls(
@@ -274,7 +278,7 @@ class Int4Linear(nn.Module):
         }
 
     @classmethod
-    def shell(cls, spec: dict, dtype) -> Int4Linear:
+    def shell(cls, spec: dict, dtype: torch.dtype) -> Int4Linear:
         return cls(
             spec["in_features"], spec["out_features"], spec["bias"], spec["group_size"], dtype
         )

@@ -26,9 +26,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from compress.handle import ModelHandle, ModelSource
-from compress.methods.targets import set_module
 from compress.quant.modules import Int8Embedding
 from compress.report.io import _umask
+from compress.targets import set_module
 
 log = logging.getLogger(__name__)
 

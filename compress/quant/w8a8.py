@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from compress.quant.grid import QuantizedTensor, quantize
+from compress.numerics.grid import QuantizedTensor, quantize
 from compress.quant.modules import Int8Linear
 
 #: torch._int_mm on CUDA needs more than this many rows in its first operand
@@ -60,7 +60,10 @@ class W8A8Linear(Int8Linear):
 
     @classmethod
     def from_float(
-        cls, linear: nn.Linear, compute_dtype=torch.float16, per_channel: bool = True
+        cls,
+        linear: nn.Linear,
+        compute_dtype: torch.dtype = torch.float16,
+        per_channel: bool = True,
     ) -> W8A8Linear:
         """`per_channel: False` uses one weight scale for the whole matrix."""
         w = linear.weight.detach()

@@ -12,7 +12,7 @@ import inspect
 import logging
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compress.runtimes.onnx_common import require_package
 from compress.runtimes.onnx_graph import (
@@ -20,6 +20,9 @@ from compress.runtimes.onnx_graph import (
     name_linear_nodes,
     share_tied_embedding,
 )
+
+if TYPE_CHECKING:
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +84,7 @@ def _export_wrapper(model, kv_cache: bool):
     return WithCache(model)
 
 
-def export_onnx(model, *, opset: int = 18, kv_cache: bool = True):
+def export_onnx(model: nn.Module, *, opset: int = 18, kv_cache: bool = True) -> Any:
     """Export a float32 HF causal LM to an `onnx.ModelProto` (weights inline, not quantized).
 
     Interface: see `compress.runtimes.onnxruntime`. MatMul nodes of Linear layers are named
@@ -174,7 +177,7 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def module_name(model, module) -> str | None:
+def module_name(model: nn.Module, module: nn.Module) -> str | None:
     return next((n for n, m in model.named_modules() if m is module), None)
 
 

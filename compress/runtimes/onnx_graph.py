@@ -12,9 +12,12 @@ import ast
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compress.runtimes.onnx_common import NBITS_ACCURACY, WRAPPER_PREFIX, require_package
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +26,7 @@ def _initializers(proto) -> dict[str, Any]:
     return {t.name: t for t in proto.graph.initializer}
 
 
-def fold_weight_transposes(proto) -> int:
+def fold_weight_transposes(proto: ModelProto) -> int:
     """Fold `Transpose(initializer)` feeding a MatMul's weight input into a transposed
     initializer (the exporter leaves large ones, e.g. a tied lm_head's, to run time, where the
     quantizer cannot see a constant weight). Returns how many it folded."""
@@ -51,7 +54,7 @@ def fold_weight_transposes(proto) -> int:
     return folded
 
 
-def name_linear_nodes(proto) -> None:
+def name_linear_nodes(proto: ModelProto) -> None:
     """Rename each MatMul/Gemm with a constant weight to its torch module's name (read from
     the exporter's `pkg.torch.onnx.name_scopes` metadata), e.g. `model.layers.0.mlp.up_proj`."""
     inits = _initializers(proto)
@@ -80,7 +83,7 @@ def _consumers(proto, value: str) -> list[Any]:
     return [n for n in proto.graph.node if value in n.input]
 
 
-def share_tied_embedding(proto, head_name: str | None) -> bool:
+def share_tied_embedding(proto: ModelProto, head_name: str | None) -> bool:
     """Tied embedding: the exporter stores the table twice (Gather reads E [vocab, hidden],
     the lm_head MatMul reads a folded E^T [hidden, vocab]). Make the Gather read E^T by
     columns (Gather axis 1, then Transpose) and drop E. Returns whether it changed anything."""
@@ -129,13 +132,13 @@ def _rank(proto, value: str) -> int:
 
 
 def quantize_onnx(
-    proto,
+    proto: ModelProto,
     *,
     nodes: list[str],
     per_channel: bool = True,
     kernel: str = "dynamic",
     block_size: int = 32,
-):
+) -> ModelProto:
     """Quantize the MatMul nodes named in `nodes` to int8 weights; returns a new ModelProto
     (weights inline) and keeps the input's metadata.
 
@@ -200,7 +203,7 @@ def quantize_onnx(
     return q
 
 
-def tied_embedding_quantized(proto) -> bool | None:
+def tied_embedding_quantized(proto: ModelProto) -> bool | None:
     """None: no tied embedding; True: it reads the lm_head's int8 matrix; False: float."""
     gathers = [n for n in proto.graph.node if n.name.endswith(("__tied", "__tied_q"))]
     if not gathers:
@@ -262,8 +265,7 @@ def _tied_gather_from_nbits(proto) -> bool:
     symmetric) with scales [vocab, blocks]: one row per token. Replace the tied embedding's
     Gather(axis 1) + Transpose on the float matrix by a row Gather on B and the scales,
     dequantized and reshaped to [batch, seq, hidden]; then drop the float matrix."""
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     inits = _initializers(proto)
     node = next((n for n in proto.graph.node if n.name.endswith("__tied")), None)
@@ -287,6 +289,29 @@ def _tied_gather_from_nbits(proto) -> bool:
     _, blocks, block = inits[b_q].dims
     hidden = int(attrs["K"])
     ids, out, name = node.input[1], transpose.output[0], f"{node.name}_q"
+    new, consts = _nbits_row_gather(name, ids, out, (b_q, scales, zp), blocks * block, hidden)
+    for k, v in consts.items():
+        proto.graph.initializer.append(numpy_helper.from_array(v, k))
+    _replace_node(proto, node, new)
+    proto.graph.node.remove(transpose)
+    _drop_if_unused(proto, w)
+    return True
+
+
+def _nbits_row_gather(
+    name: str,
+    ids: str,
+    out: str,
+    weights: tuple[str, str, str | None],
+    padded: int,
+    hidden: int,
+) -> tuple[list[Any], dict[str, Any]]:
+    """Nodes gathering rows `ids` of a MatMulNBits weight (B, scales, zero points or None) and
+    dequantizing them into `out` [batch, seq, hidden]; (nodes, new constant initializers)."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    b_q, scales, zp = weights
     consts = {
         f"{name}_shape": np.array([0, 0, -1], dtype=np.int64),
         f"{name}_axes": np.array([-1], dtype=np.int64),
@@ -320,7 +345,7 @@ def _tied_gather_from_nbits(proto) -> bool:
         ),
         helper.make_node("Mul", [f"{out}__c", f"{out}__s"], [f"{out}__d"], name=f"{name}_mul"),
     ]
-    flat = out if blocks * block == hidden else f"{out}__flat"
+    flat = out if padded == hidden else f"{out}__flat"
     new.append(
         helper.make_node("Reshape", [f"{out}__d", f"{name}_shape"], [flat], name=f"{name}_flat")
     )
@@ -335,9 +360,4 @@ def _tied_gather_from_nbits(proto) -> bool:
                 name=f"{name}_slice",
             )
         )
-    for k, v in consts.items():
-        proto.graph.initializer.append(numpy_helper.from_array(v, k))
-    _replace_node(proto, node, new)
-    proto.graph.node.remove(transpose)
-    _drop_if_unused(proto, w)
-    return True
+    return new, consts

@@ -48,7 +48,7 @@ META_WEIGHTS = "compress.weight_nbytes"
 INSTALL = "pip install onnxruntime  (or: pip install -e .[onnx])"
 
 
-def import_ort():
+def import_ort() -> Any:
     """`onnxruntime`, or a StageFailed naming the package and the pip command."""
     try:
         import onnxruntime
@@ -183,7 +183,7 @@ class OrtCausalLM(nn.Module):
         self._threads = threads
 
     @property
-    def session(self):
+    def session(self) -> Any:
         if torch.get_num_threads() != self._threads:
             log.info(
                 "torch threads changed to %d: rebuilding the ORT session", torch.get_num_threads()

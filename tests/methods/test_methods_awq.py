@@ -7,11 +7,11 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
+from compress.calibration.calibrate import CalibrationData
 from compress.errors import BadInput
 from compress.handle import ModelHandle, ModelSource
 from compress.methods import rtn, run_stage
 from compress.methods.awq import AWQConfig
-from compress.methods.calibrate import CalibrationData
 from compress.profile.memory import weight_bytes
 from compress.quant.modules import Int4Linear
 from compress.testing import kl_per_token, snapshot, tiny_handle, unchanged
@@ -241,9 +241,9 @@ def test_awq_beats_rtn_on_smollm2(shared_data):
     import copy
 
     from compress import models
+    from compress.calibration.calibrate import load_calibration
     from compress.data import token_windows, wikitext2_test
     from compress.evaluate.perplexity import evaluate_perplexity
-    from compress.methods.calibrate import load_calibration
     from compress.recipe import Calibration
 
     base = models.load("smollm2-135m")

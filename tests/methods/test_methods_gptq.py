@@ -136,7 +136,7 @@ def test_int8_per_channel(reference):
 
 
 def test_true_sequential_groups_and_debug_timing(caplog):
-    with caplog.at_level(logging.DEBUG, logger="compress.methods.layerwise"):
+    with caplog.at_level(logging.DEBUG, logger="compress.calibration.layerwise"):
         run_stage(tiny_handle(), GPTQConfig(bits=4, group_size=32), tiny_calibration(4, 32))
     lines = [r.getMessage() for r in caplog.records if "groups" in r.getMessage()]
     assert len(lines) == 2 and "4 groups [3, 1, 2, 1]" in lines[0]  # qkv, o, gate/up, down
@@ -224,9 +224,9 @@ def test_smollm2_gptq_beats_rtn(shared_data):
     act_order, symmetric GPTQ at 8 x 256 scored 40.20, worse than RTN: act_order matters on
     SmolLM2, and 2048 calibration tokens are too few for the 1536-wide down_proj Hessians.)"""
     from compress import models
+    from compress.calibration.calibrate import load_calibration
     from compress.data import token_windows, wikitext2_test
     from compress.evaluate.perplexity import evaluate_perplexity
-    from compress.methods.calibrate import load_calibration
     from compress.recipe import Calibration
 
     base = models.load("smollm2-135m")  # ~15 s; deep-copied per variant

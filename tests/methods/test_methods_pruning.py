@@ -160,9 +160,9 @@ def test_smollm2_sparsegpt_and_wanda_beat_magnitude(shared_data):
     calibration tokens are too few for SparseGPT's 1536-wide down_proj Hessians to beat Wanda;
     benchmarks/pruning.py compares them at 128 x 512)."""
     from compress import models
+    from compress.calibration.calibrate import load_calibration
     from compress.data import token_windows, wikitext2_test
     from compress.evaluate.perplexity import evaluate_perplexity
-    from compress.methods.calibrate import load_calibration
     from compress.recipe import Calibration
 
     base = models.load("smollm2-135m")

@@ -170,7 +170,7 @@ def test_config_validator_refuses(kwargs):
     ids=["w3g32", "w2g32", "w4-perchannel"],
 )
 def test_low_bits_and_per_channel_sit_exactly_in_int4_containers(cfg):
-    from compress.quant.grid import dequantize, quantize
+    from compress.numerics.grid import dequantize, quantize
 
     h = tiny_handle(**SPREAD)
     w = h.model.model.layers[0].mlp.down_proj.weight.detach().clone()

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from compress.calibration.calibrate import CalibrationData
 from compress.errors import BadInput
 from compress.handle import ModelHandle, ModelSource
 from compress.methods import dynamic_int8, rtn, run_stage
-from compress.methods.calibrate import CalibrationData
 from compress.methods.smoothquant import SmoothQuantConfig
 from compress.profile.memory import weight_bytes
 from compress.quant.dynamic import DynamicInt8Linear
@@ -241,9 +241,9 @@ def test_smoothquant_beats_plain_w8a8_on_smollm2(shared_data):
     import copy
 
     from compress import models
+    from compress.calibration.calibrate import load_calibration
     from compress.data import token_windows, wikitext2_test
     from compress.evaluate.perplexity import evaluate_perplexity
-    from compress.methods.calibrate import load_calibration
     from compress.recipe import Calibration
 
     base = models.load("smollm2-135m")

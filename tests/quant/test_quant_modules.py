@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress.quant.grid import dequantize, quantize
+from compress.numerics.grid import dequantize, quantize
 from compress.quant.modules import INT4_GROUP_SIZES, Int4Linear, Int8Embedding, Int8Linear
 
 BF16 = torch.bfloat16

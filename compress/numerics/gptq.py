@@ -4,95 +4,19 @@
     quantize W column by column; after each column, spread its rounding error over the
     columns not yet quantized with the upper Cholesky factor of H^-1 (lazy, per block)
 
-Grids follow compress/quant/grid.py: w ~= (q - mid) * scale + zero, q in [0, 2**bits - 1].
+Grids follow compress/numerics/grid.py: w ~= (q - mid) * scale + zero, q in [0, 2**bits - 1].
 Scales and zeros are found with `grid.quantize` (round-to-nearest's own min/max rules), so
 with H = identity GPTQ returns exactly round-to-nearest's codes.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import logging
 import math
 
 import torch
 
-from compress.quant.grid import QuantizedTensor, dequantize, quantize
-
-log = logging.getLogger(__name__)
-
-# The solve is mostly small ops; up to this many weights (rows x cols) it runs on one CPU
-# thread: on a busy 2-core VM six SmolLM2 solves took 1.3 s on one thread and 5-12 s on two
-# (a thread barrier on every small op).
-_ONE_THREAD_MAX = 1 << 22
-_HESSIAN_BLOCK = 384  # columns per block of the x^T x update
-
-
-@contextlib.contextmanager
-def _threads(n: int | None):
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def hessian_update(H: torch.Tensor | None, x: torch.Tensor, n: int) -> tuple[torch.Tensor, int]:
-    """Fold a batch of layer inputs `x` [..., in] into the running H = 2/n * sum x^T x.
-
-    H and the product x^T x are float32 whatever x's dtype. (A bfloat16 GEMM would be ~3x
-    faster on CPU, but its bf16-rounded output, 2^-9 relative on every entry, made the damped
-    H of SmolLM2's o_proj indefinite: activations with a few huge channels need float32.)
-    """
-    x = x.detach().reshape(-1, x.shape[-1])
-    m = x.shape[0]
-    if H is None:
-        H = torch.zeros(x.shape[-1], x.shape[-1], dtype=torch.float32, device=x.device)
-    if m == 0:
-        return H, n
-    total = n + m
-    x = x.float()
-    H.mul_(n / total)
-    # upper block-triangle only, mirrored: ~25-30% fewer FLOPs than one full GEMM (measured at
-    # 576 and 1536 wide on 2 cores), bit-identical result
-    d = x.shape[1]
-    nb = max(1, math.ceil(d / _HESSIAN_BLOCK))
-    edges = [round(i * d / nb) for i in range(nb + 1)]
-    for a0, a1 in zip(edges[:-1], edges[1:], strict=True):
-        H[a0:a1, a0:].addmm_(x[:, a0:a1].t(), x[:, a0:], alpha=2.0 / total)
-        if a1 < d:
-            H[a1:, a0:a1] = H[a0:a1, a1:].t()
-    return H, total
-
-
-def output_energy(W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
-    """Per output row r: w_r H w_r^T, i.e. (2/n) * ||X w_r||^2 over the calibration inputs."""
-    W = W.float()
-    return ((W @ H.float()) * W).sum(1)
-
-
-def chol_inverse_upper(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, float]:
-    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1; damping grows x10 (at most 4
-    times) if H is not numerically positive definite. Returns the factor and the damp used."""
-    mean_diag = float(torch.diagonal(H).mean())
-    for attempt in range(5):
-        d = damp * 10**attempt
-        Hd = H.clone()
-        Hd.diagonal().add_(d * mean_diag)
-        L, info = torch.linalg.cholesky_ex(Hd)
-        if int(info) == 0:
-            Hinv = torch.cholesky_inverse(L)
-            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
-            if int(info) == 0 and torch.isfinite(U).all():
-                if attempt:
-                    log.warning("gptq: H not positive definite; damping raised to %g", d)
-                return U, d
-    raise ValueError(f"Hessian is not positive definite even with damping {d:g}")
+from compress.numerics.grid import QuantizedTensor, dequantize, quantize
+from compress.numerics.hessian import chol_inverse_upper, one_thread_when_small
 
 
 def _solve_block(Wt, Qt, U, scale, zero, i1: int, i2: int, groups, grid, Zt=None) -> None:
@@ -135,18 +59,6 @@ def _solve_block(Wt, Qt, U, scale, zero, i1: int, i2: int, groups, grid, Zt=None
         Wt[i2:].addmm_(U[i1:i2, i2:].t(), Err1, alpha=-1.0)
 
 
-def one_thread_when_small(fn):
-    """Run `fn(W, ...)` on one CPU thread when W is small (see `_ONE_THREAD_MAX`)."""
-
-    @functools.wraps(fn)
-    def run(W: torch.Tensor, *args, **kwargs):
-        small = W.device.type == "cpu" and W.numel() <= _ONE_THREAD_MAX
-        with _threads(1 if small else None):
-            return fn(W, *args, **kwargs)
-
-    return run
-
-
 @one_thread_when_small
 def gptq_quantize(
     W: torch.Tensor,
@@ -181,21 +93,10 @@ def gptq_quantize(
       `mid`, no error spread from them, updates spread into them dropped - so sparsity
       survives quantization.
     """
-    if not 2 <= bits <= 8:
-        raise ValueError(f"bits must be in 2..8, got {bits}")
-    rows, cols = W.shape
-    if H.shape != (cols, cols):
-        raise ValueError(f"H is {tuple(H.shape)}, expected ({cols}, {cols}) for W {tuple(W.shape)}")
-    if group_size is not None and cols % group_size:
-        raise ValueError(f"group_size {group_size} does not divide in_features {cols}")
-    if static_groups is None:
-        static_groups = act_order and group_size is not None
-    if act_order and group_size is not None and not static_groups:
-        raise ValueError("act_order with groups needs static_groups (a plain grouped grid)")
-    if keep_zeros and not symmetric:
-        raise ValueError("keep_zeros needs a symmetric grid (an asymmetric one has no exact 0)")
-    dev = W.device
-    H0 = H.to(dev, torch.float32)
+    static_groups = _checked(
+        W, H, bits, group_size, symmetric, act_order, static_groups, keep_zeros
+    )
+    H0 = H.to(W.device, torch.float32)
     W0 = W.detach().to(torch.float32)
     H = H0.clone()
     W = W0.clone()
@@ -203,13 +104,7 @@ def gptq_quantize(
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
 
-    n_groups = 1 if group_size is None else cols // group_size
-    if group_size is None or static_groups:
-        fixed = quantize(W, bits, group_size, symmetric)
-        scale, zero = fixed.scale.clone(), fixed.zero.clone()
-    else:
-        scale = torch.empty(rows, n_groups, dtype=torch.float32, device=dev)
-        zero = torch.empty_like(scale)
+    scale, zero = _initial_grid(W, bits, group_size, symmetric, static_groups)
 
     if act_order:
         perm = torch.argsort(torch.diagonal(H), descending=True, stable=True)
@@ -219,24 +114,8 @@ def gptq_quantize(
     U, _ = chol_inverse_upper(H, damp)
     del H
 
-    # groups must not start mid-block in a way that straddles into the next block
-    bs = max(1, block_size)
-    if group_size is not None and not static_groups and bs % group_size and group_size % bs:
-        bs = math.ceil(bs / group_size) * group_size
-    Wt = W.t().contiguous()  # [cols, rows]: a column of W is a contiguous row here
-    Qt = torch.empty_like(Wt)
-    Zt = (W == 0).t().contiguous() if keep_zeros else None
-    col_group = torch.arange(cols, device=dev) // group_size if group_size is not None else None
-    if perm is not None and col_group is not None:
-        col_group = col_group[perm]
-    groups = (col_group.tolist(), group_size, static_groups) if col_group is not None else None
-    grid = (bits, symmetric)
-    for i1 in range(0, cols, bs):
-        _solve_block(Wt, Qt, U, scale, zero, i1, min(i1 + bs, cols), groups, grid, Zt)
-
-    Q = Qt.t()
-    if perm is not None:
-        Q = Q[:, torch.argsort(perm)]
+    grid, groups = (bits, symmetric), (group_size, static_groups)
+    Q = _solve(W, U, scale, zero, grid, groups, block_size, perm, keep_zeros)
     qt = QuantizedTensor(
         q=Q.to(torch.uint8).contiguous(),
         scale=scale,
@@ -248,3 +127,57 @@ def gptq_quantize(
     delta[:, dead] = 0.0  # dead inputs are always zero: their weights never reach the output
     row_error = ((delta @ H0) * delta).sum(1)
     return qt, row_error
+
+
+def _checked(W, H, bits, group_size, symmetric, act_order, static_groups, keep_zeros) -> bool:
+    """Refuse arguments the solve cannot honour; returns static_groups with its default."""
+    if not 2 <= bits <= 8:
+        raise ValueError(f"bits must be in 2..8, got {bits}")
+    cols = W.shape[1]
+    if H.shape != (cols, cols):
+        raise ValueError(f"H is {tuple(H.shape)}, expected ({cols}, {cols}) for W {tuple(W.shape)}")
+    if group_size is not None and cols % group_size:
+        raise ValueError(f"group_size {group_size} does not divide in_features {cols}")
+    if static_groups is None:
+        static_groups = act_order and group_size is not None
+    if act_order and group_size is not None and not static_groups:
+        raise ValueError("act_order with groups needs static_groups (a plain grouped grid)")
+    if keep_zeros and not symmetric:
+        raise ValueError("keep_zeros needs a symmetric grid (an asymmetric one has no exact 0)")
+    return bool(static_groups)
+
+
+def _initial_grid(W, bits, group_size, symmetric, static_groups):
+    """Scales/zeros fixed up front (per channel, or static groups from the original weights),
+    else empty [rows, groups] buffers the column loop fills as it reaches each group."""
+    rows, cols = W.shape
+    if group_size is None or static_groups:
+        fixed = quantize(W, bits, group_size, symmetric)
+        return fixed.scale.clone(), fixed.zero.clone()
+    scale = torch.empty(rows, cols // group_size, dtype=torch.float32, device=W.device)
+    return scale, torch.empty_like(scale)
+
+
+def _solve(W, U, scale, zero, grid, group_cfg, block_size, perm, keep_zeros):
+    """The block loop over W's (permuted) columns; returns the codes in original order."""
+    group_size, static_groups = group_cfg
+    cols = W.shape[1]
+    dev = W.device
+    # groups must not start mid-block in a way that straddles into the next block
+    bs = max(1, block_size)
+    if group_size is not None and not static_groups and bs % group_size and group_size % bs:
+        bs = math.ceil(bs / group_size) * group_size
+    Wt = W.t().contiguous()  # [cols, rows]: a column of W is a contiguous row here
+    Qt = torch.empty_like(Wt)
+    Zt = (W == 0).t().contiguous() if keep_zeros else None
+    col_group = torch.arange(cols, device=dev) // group_size if group_size is not None else None
+    if perm is not None and col_group is not None:
+        col_group = col_group[perm]
+    groups = (col_group.tolist(), group_size, static_groups) if col_group is not None else None
+    for i1 in range(0, cols, bs):
+        _solve_block(Wt, Qt, U, scale, zero, i1, min(i1 + bs, cols), groups, grid, Zt)
+
+    Q = Qt.t()
+    if perm is not None:
+        Q = Q[:, torch.argsort(perm)]
+    return Q

@@ -24,12 +24,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from compress.errors import BadInput, StageFailed
+
+if TYPE_CHECKING:
+    from compress.recipe import Calibration
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +92,9 @@ def _first_line(e: BaseException) -> str:
     return str(e).splitlines()[0][:160] if str(e) else ""
 
 
-def load_calibration(tokenizer, cfg, data_dir: str | Path | None = None) -> CalibrationData:
+def load_calibration(
+    tokenizer: Any, cfg: Calibration, data_dir: str | Path | None = None
+) -> CalibrationData:
     """Tokenize the calibration text once and cut `samples` random windows (seeded)."""
     text, location = _calibration_text(cfg.dataset, data_dir)
     ids = torch.tensor(tokenizer(text, return_attention_mask=False)["input_ids"], dtype=torch.long)
@@ -113,7 +118,9 @@ def load_calibration(tokenizer, cfg, data_dir: str | Path | None = None) -> Cali
     )
 
 
-def require_calibration(calibration, stage: str, why: str) -> CalibrationData:
+def require_calibration(
+    calibration: CalibrationData | None, stage: str, why: str
+) -> CalibrationData:
     """`calibration`, or a StageFailed naming the stage and the recipe block that is missing
     (called before a stage changes anything)."""
     from compress.errors import BadInput
@@ -157,7 +164,7 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def capture(model: nn.Module, chunks: list[torch.Tensor]):
+def capture(model: nn.Module, chunks: list[torch.Tensor]) -> tuple[list[torch.Tensor], Any]:
     """Inputs of decoder layer 0 for each chunk, and every layer's keyword arguments."""
     _, layers = decoder_layers(model)
     dev = _device_of(model)

@@ -1,11 +1,11 @@
-"""compress.quant.awq: scale search and clipping search on synthetic activations."""
+"""compress.numerics.awq: scale search and clipping search on synthetic activations."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from compress.quant.awq import (
+from compress.numerics.awq import (
     awq_scales,
     fake_quantize,
     gram,
@@ -14,7 +14,7 @@ from compress.quant.awq import (
     search_scales,
     weight_absmean,
 )
-from compress.quant.grid import dequantize, quantize
+from compress.numerics.grid import dequantize, quantize
 
 Q = {"bits": 4, "group_size": 32, "symmetric": False}
 

@@ -1,4 +1,4 @@
-"""compress.methods.targets: select() and cast_float_parts()."""
+"""compress.targets: select() and cast_float_parts()."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from compress.errors import BadInput
-from compress.methods.targets import cast_float_parts, select, set_module
+from compress.targets import cast_float_parts, select, set_module
 from compress.testing import tiny_llama
 
 LINEARS_PER_LAYER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -88,7 +88,7 @@ def test_invalid_regex_raises_bad_input(model, field):
 
 
 def test_ignore_matching_nothing_only_logs(model, caplog):
-    with caplog.at_level(logging.INFO, logger="compress.methods.targets"):
+    with caplog.at_level(logging.INFO, logger="compress.targets"):
         got = select(model, ["Linear"], ["not_a_module"])
     assert list(got) == _all_linears(model)
     assert "not_a_module" in caplog.text

@@ -1,13 +1,13 @@
-"""compress.prune.sparsegpt: the OBS solve must beat mask-only pruning on the layer output."""
+"""compress.numerics.sparsegpt: the OBS solve must beat mask-only pruning on the layer output."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from compress.prune.masks import prune_mask, wanda_scores
-from compress.prune.sparsegpt import sparsegpt_prune
-from compress.quant.gptq import hessian_update
+from compress.numerics.hessian import hessian_update
+from compress.numerics.masks import prune_mask, wanda_scores
+from compress.numerics.sparsegpt import sparsegpt_prune
 
 
 def _layer(seed=0, rows=32, cols=64, tokens=512):

@@ -23,8 +23,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.calibration.calibrate import (
+    CalibrationData,
+    LayerContext,
+    StopForward,
+    decoder_layers,
+    sequential,
+)
 from compress.errors import BadInput, StageFailed
-from compress.methods.calibrate import LayerContext, StopForward, decoder_layers, sequential
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +40,9 @@ Update = Callable[[Any, torch.Tensor, int], tuple[Any, int]]
 Solve = Callable[[LayerContext, list[str], Any, int], None]
 
 
-def square_sum_update(acc: torch.Tensor | None, x: torch.Tensor, n: int):
+def square_sum_update(
+    acc: torch.Tensor | None, x: torch.Tensor, n: int
+) -> tuple[torch.Tensor, int]:
     """Running mean of x_j^2 per input feature (float32): Wanda's ||X_j||^2 / n."""
     x = x.detach().reshape(-1, x.shape[-1]).float()
     m = x.shape[0]
@@ -160,7 +168,7 @@ def solve_groups(
 
 def run(
     model: nn.Module,
-    calibration,
+    calibration: CalibrationData,
     by_layer: dict[int, dict[str, nn.Linear]],
     solve: Solve,
     update: Update,
@@ -204,7 +212,7 @@ def error_summary(errors: dict[str, float], what: str) -> dict[str, Any]:
     }
 
 
-def check_inputs(name: str, stat, n_rows: int, stage: str) -> None:
+def check_inputs(name: str, stat: torch.Tensor | None, n_rows: int, stage: str) -> None:
     """A group's statistic must have seen rows, all finite."""
     if stat is None or n_rows == 0:
         raise StageFailed(f"{stage}: layer '{name}' received no calibration inputs.")

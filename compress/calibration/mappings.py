@@ -1,7 +1,7 @@
 """Which op feeds which linears inside a decoder layer, per architecture family.
 
 AWQ and SmoothQuant rescale the input channels of a group of linears and fold the inverse
-into the op producing that input (compress/quant/smooth.py). That is exact only when the
+into the op producing that input (compress/numerics/smooth.py). That is exact only when the
 producer is elementwise-linear per channel: a norm's weight, or a linear's output rows that
 reach the consumers through per-channel-linear ops only (v_proj -> attention -> o_proj;
 up_proj -> act(gate) * up -> down_proj).
@@ -136,7 +136,7 @@ def detect_family(model: nn.Module, layer: nn.Module, *, stage: str) -> Family:
         f"{stage}: no scale mapping for architecture '{type(model).__name__}' (model_type "
         f"{'/'.join(types) or '?'}, decoder layer {cls}); known families: {known}.",
         fix="Use a method without activation-aware scaling (rtn, gptq, dynamic_int8), or add "
-        "a mapping to compress/methods/mappings.py.",
+        "a mapping to compress/calibration/mappings.py.",
     )
 
 
@@ -218,7 +218,8 @@ def layer_groups(
                     f"compute normalised(x) * ({family.norm_offset:g} + weight) as the "
                     f"{family.name} mapping assumes; folding a scale into it would change the "
                     "model.",
-                    fix="Add a mapping with the right norm form to compress/methods/mappings.py.",
+                    fix="Add a mapping with the right norm form to "
+                    "compress/calibration/mappings.py.",
                 )
             kind = "norm"
         else:
@@ -244,7 +245,7 @@ class Plan:
 
 def plan(model: nn.Module, chosen: dict[str, nn.Module], *, stage: str) -> Plan:
     """Split the chosen linears by decoder layer and resolve the family's groups on each."""
-    from compress.methods.calibrate import decoder_layers
+    from compress.calibration.calibrate import decoder_layers
 
     prefix, layers = decoder_layers(model)
     family = detect_family(model, layers[0], stage=stage)

@@ -8,7 +8,8 @@ it with gptq (`preserve_zeros: true`, symmetric) to keep the zeros through int4 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -18,6 +19,7 @@ from compress.methods.registry import StageRecord
 if TYPE_CHECKING:
     from torch import nn
 
+    from compress.calibration.calibrate import CalibrationData
     from compress.handle import ModelHandle
 
 
@@ -41,7 +43,7 @@ class PruneBase(StageBase):
     @field_validator("mask_structure")
     @classmethod
     def _known_structure(cls, v: str) -> str:
-        from compress.prune.masks import parse_structure
+        from compress.numerics.masks import parse_structure
 
         parse_structure(v)  # ValueError names the expected forms
         return v
@@ -59,13 +61,13 @@ class PruneBase(StageBase):
 
     @property
     def nm(self) -> tuple[int, int] | None:
-        from compress.prune.masks import parse_structure
+        from compress.numerics.masks import parse_structure
 
         return parse_structure(self.mask_structure)
 
     @property
     def target_sparsity(self) -> float:
-        from compress.prune.masks import structure_sparsity
+        from compress.numerics.masks import structure_sparsity
 
         return structure_sparsity(self.mask_structure, self.sparsity)
 
@@ -80,7 +82,7 @@ def prunable(handle: ModelHandle, cfg: PruneBase, stage: str) -> dict[str, nn.Li
     divide every layer's input features; weights must be finite. Then the compute_dtype cast."""
     import torch
 
-    from compress.methods.targets import cast_float_parts, select_linears
+    from compress.targets import cast_float_parts, select_linears
 
     model = handle.model
     nm = cfg.nm
@@ -99,13 +101,19 @@ def prunable(handle: ModelHandle, cfg: PruneBase, stage: str) -> dict[str, nn.Li
 
 
 def calibrated(
-    handle: ModelHandle, cfg, calibration, stage: str, why: str, solve, update
+    handle: ModelHandle,
+    cfg: PruneBase,
+    calibration: CalibrationData | None,
+    stage: str,
+    why: str,
+    solve: Callable[..., None],
+    update: Callable[..., Any],
 ) -> tuple[dict[str, nn.Linear], list[float]]:
     """A calibrated pruner's whole walk, in order: the calibration guard and the target
     pre-flight (before anything changes), then `solve` per group of every decoder layer on
     the `update` statistic (methods/layerwise.py). Returns (targeted Linears, s per layer)."""
-    from compress.methods import layerwise
-    from compress.methods.calibrate import require_calibration
+    from compress.calibration import layerwise
+    from compress.calibration.calibrate import require_calibration
 
     require_calibration(calibration, stage, why)
     chosen = prunable(handle, cfg, stage)

@@ -1,4 +1,4 @@
-"""compress.quant.smooth: scales and exact (output-preserving) folds, on small float modules."""
+"""compress.numerics.smooth: scales and exact (output-preserving) folds, on small float modules."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from compress.quant.smooth import (
+from compress.numerics.smooth import (
     fold_into_linear_rows,
     fold_into_norm,
     scale_input_columns,

@@ -1,11 +1,11 @@
-"""compress.quant.grid: the pure quantize / dequantize / pack functions."""
+"""compress.numerics.grid: the pure quantize / dequantize / pack functions."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from compress.quant.grid import (
+from compress.numerics.grid import (
     QuantizedTensor,
     as_int4,
     container_group,

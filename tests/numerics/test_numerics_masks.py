@@ -1,11 +1,11 @@
-"""compress.prune.masks: mask structures, Wanda scores, sparsity accounting."""
+"""compress.numerics.masks: mask structures, Wanda scores, sparsity accounting."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from compress.prune.masks import (
+from compress.numerics.masks import (
     parse_structure,
     prune_mask,
     structure_sparsity,

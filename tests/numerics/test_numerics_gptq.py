@@ -1,12 +1,13 @@
-"""compress.quant.gptq: the GPTQ solve on an nn.Linear(64, 32)-sized weight, synthetic inputs."""
+"""compress.numerics.gptq: the GPTQ solve on an nn.Linear(64, 32)-sized weight, synthetic inputs."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from compress.quant.gptq import gptq_quantize, hessian_update, output_energy
-from compress.quant.grid import dequantize, quantize
+from compress.numerics.gptq import gptq_quantize
+from compress.numerics.grid import dequantize, quantize
+from compress.numerics.hessian import hessian_update, output_energy
 
 
 def _data(seed: int = 0):
@@ -147,7 +148,7 @@ def test_output_energy():
 
 @pytest.mark.parametrize(("group_size", "act_order"), [(16, False), (16, True), (None, False)])
 def test_keep_zeros_keeps_a_pruning_mask(group_size, act_order):
-    from compress.prune.sparsegpt import sparsegpt_prune
+    from compress.numerics.sparsegpt import sparsegpt_prune
 
     W, X = _data(0)
     H, _ = hessian_update(None, X, 0)

@@ -1,6 +1,6 @@
 """SparseGPT (Frantar & Alistarh 2023) as a pure tensor function: no modules, any device.
 
-Same machinery as GPTQ (compress/quant/gptq.py): with U the upper Cholesky factor of the
+Same machinery as GPTQ (compress/numerics/hessian.py): with U the upper Cholesky factor of the
 damped H^-1, columns are visited left to right in blocks; inside a block the mask is chosen
 from the OBS saliency w^2 / U_jj^2 (unstructured: the lowest `sparsity` fraction of the block,
 over all rows, as the reference; n:m: per row, every m columns), each pruned weight's error
@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from compress.quant.gptq import chol_inverse_upper, one_thread_when_small
+from compress.numerics.hessian import chol_inverse_upper, one_thread_when_small
 
 
 @one_thread_when_small

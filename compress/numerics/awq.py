@@ -38,7 +38,7 @@ def gram(x: torch.Tensor) -> torch.Tensor:
 def fake_quantize(
     w: torch.Tensor, bits: int, group_size: int | None, symmetric: bool
 ) -> torch.Tensor:
-    """Quantize -> dequantize on compress.quant.grid's grid (float32): bit-identical to
+    """Quantize -> dequantize on compress.numerics.grid's grid (float32): bit-identical to
     `dequantize(quantize(w, ...))` (tested), without the uint8 codes and their copies, since
     the searches call it hundreds of times per layer."""
     out_f, in_f = w.shape

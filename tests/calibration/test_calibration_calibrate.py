@@ -1,4 +1,4 @@
-"""compress.methods.calibrate: the calibration guard every calibrated stage shares."""
+"""compress.calibration.calibrate: the calibration guard every calibrated stage shares."""
 
 import pytest
 
@@ -34,7 +34,7 @@ def test_calibrated_stage_without_data_names_itself_and_changes_nothing(cfg):
 @pytest.mark.parametrize(("env", "progress", "shown"), [(None, True, True), ("1", True, False)])
 def test_layer_bar_follows_tqdm_disable(monkeypatch, capsys, env, progress, shown):
     """The CLI's --no-progress sets TQDM_DISABLE=1: the per-layer calibration bar obeys it."""
-    from compress.methods.calibrate import sequential
+    from compress.calibration.calibrate import sequential
 
     if env is None:
         monkeypatch.delenv("TQDM_DISABLE", raising=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 
+import torch
 from torch import nn
 
 from compress.errors import BadInput, ReleaseFailed, did_you_mean
@@ -60,7 +61,7 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def cast_float_parts(model: nn.Module, dtype) -> None:
+def cast_float_parts(model: nn.Module, dtype: torch.dtype) -> None:
     """Cast floating parameters and persistent buffers; leave derived buffers (rotary
     inv_freq, which HF keeps in float32 on purpose), integer storage and already quantized
     modules (they keep their own compute dtype and cast activations at their boundary)."""
@@ -78,7 +79,9 @@ def cast_float_parts(model: nn.Module, dtype) -> None:
                 module._buffers[name] = b.to(dtype)
 
 
-def linears(model: nn.Module, targets: list[str], ignore: list[str], *, stage: str):
+def linears(
+    model: nn.Module, targets: list[str], ignore: list[str], *, stage: str
+) -> dict[str, nn.Linear]:
     """The nn.Linear layers `targets` minus `ignore` select; a StageFailed if there are none."""
     from compress.errors import BadInput
 
@@ -113,7 +116,7 @@ def select_linears(
 
     from compress._config import INT4_GROUP_SIZES
     from compress.errors import BadInput
-    from compress.quant.grid import container_group
+    from compress.numerics.grid import container_group
 
     def listed(bad: list[str]) -> str:
         return f"{len(bad)} layer(s): {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}"

@@ -44,7 +44,9 @@ def structure_sparsity(structure: str, sparsity: float | None) -> float:
     return 1 - nm[0] / nm[1]
 
 
-def prune_mask(scores: torch.Tensor, sparsity: float | None, nm: tuple[int, int] | None):
+def prune_mask(
+    scores: torch.Tensor, sparsity: float | None, nm: tuple[int, int] | None
+) -> torch.Tensor:
     """Bool mask (True = prune) from per-weight scores [out, in]: lowest scores go first."""
     rows, cols = scores.shape
     if nm is not None:

@@ -1,1 +1,0 @@
-"""Pruning as pure tensor functions: masks (magnitude, Wanda) and the SparseGPT solve."""
