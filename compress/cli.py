@@ -150,6 +150,7 @@ def apply(
 
 
 def _print_summary(report) -> None:
+    from compress.metrics import is_relative
     from compress.report.markdown import _ratio, _unit_label, fmt
 
     vs = report.variants
@@ -187,7 +188,7 @@ def _print_summary(report) -> None:
     for v in vs:
         label = "" if one else f"{v.name}: "
         for m in v.record.measurements:
-            if m.name.startswith("kld."):
+            if is_relative(m.name):
                 out.print(f"{label}{m.name}: {fmt(m.value, m.unit)} {m.unit} (n={m.n})")
         if v.cost:
             out.print(f"\n[bold]{escape(label + v.cost.headline)}[/]")

@@ -26,6 +26,14 @@ class Metric:
     unit: str = ""
     producer: str = "stages"
     definition: str = ""
+    relative: bool = False  # defined only against the baseline (a divergence): never compared
+
+
+def is_relative(name: str) -> bool:
+    """Whether `name` (or its base, for '@' names) is only defined against the baseline, so a
+    variant reports it as a value and has no baseline-vs-variant comparison of it."""
+    m = KNOWN_METRICS.get(name.partition("@")[0])
+    return bool(m and m.relative)
 
 
 _WINDOWS = "over the perplexity windows"
@@ -105,7 +113,15 @@ for _name, _better, _workload, _unit, _producer, _description, _definition in (
 ):  # fmt: skip
     register_metric(
         _name,
-        Metric(_description, _better == "higher", _workload, _unit, _producer, _definition),
+        Metric(
+            _description,
+            _better == "higher",
+            _workload,
+            _unit,
+            _producer,
+            _definition,
+            relative=_producer == "eval.kld",  # divergences from the baseline
+        ),
     )
 
 

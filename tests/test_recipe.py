@@ -235,3 +235,11 @@ def test_gates_on_produced_metrics_including_kld_are_accepted():
     assert len(parse_recipe(_recipe(gates=gates)).gates) == 3
     no_profile = _recipe(gates=gates[2:], profile={"enabled": False})
     assert parse_recipe(no_profile).gates[0].metric == "weights.bytes"
+
+
+def test_divergences_are_relative_metrics_and_nothing_else_is():
+    from compress.metrics import is_relative
+
+    relative = sorted(n for n in KNOWN_METRICS if is_relative(n))
+    assert relative == ["kld.mean", "kld.top1_agreement"]
+    assert not is_relative("decode.tokens_per_s@bs8") and not is_relative("no.such")

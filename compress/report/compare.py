@@ -29,10 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from compress import stats
+from compress.metrics import is_relative
 from compress.report.schema import Comparison, Measurement, RunRecord
 
-#: metrics only defined relative to the baseline: reported, not compared
-RELATIVE_ONLY = ("kld.",)
 #: metrics computed as constant / another metric, sample by sample: paired like the metric
 #: they come from
 DERIVED_FROM = {"cost.usd_per_million_tokens": "decode.tokens_per_s"}
@@ -270,7 +269,7 @@ def compare(base: RunRecord, comp: RunRecord, paired: PairedArg | None = None) -
     pairs = {k: _as_paired(k, v) for k, v in (paired or {}).items()}
     out = []
     for b in base.measurements:
-        if b.name.startswith(RELATIVE_ONLY):
+        if is_relative(b.name):
             continue
         c = comp.get(b.name)
         if c is None:

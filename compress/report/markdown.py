@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from compress.metrics import is_relative
 from compress.report.schema import Comparison, Measurement, Report, VariantResult
 
 _STATUS = {0: "PASS", 1: "FAIL", 3: "INCONCLUSIVE", 2: "BAD INPUT"}
@@ -215,7 +216,7 @@ def variant_section(r: Report, v: VariantResult, level: str) -> list[str]:
     out += ["", f"{level} Before / after", ""] + comparison_table(v)
     if any(c.scale is not None for c in v.comparisons):  # schema v2: the statistic is named
         out += ["", COLUMNS_NOTE]
-    rel = [m for m in v.record.measurements if m.name.startswith("kld.")]
+    rel = [m for m in v.record.measurements if is_relative(m.name)]
     if rel:
         out += ["", "Divergence from the baseline on the same windows:", ""]
         out += [
