@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,21 +47,12 @@ def window_scores(
 
 
 def evaluate_perplexity(
-    baseline: nn.Module,
-    compressed: nn.Module | None,
-    windows: torch.Tensor,
-    *,
-    device: str = "cpu",
-    kld: bool = True,
-    progress: bool = True,
-    name: str = "wikitext2",
+    baseline: nn.Module, compressed: nn.Module | None, windows: torch.Tensor, **options: Any
 ) -> dict:
-    """Score `windows` [n, seq_len] with both models. Returns measurements per side plus the
-    per-window numbers the paired comparisons need."""
+    """Score `windows` [n, seq_len] with both models (`options`: those of `evaluate_many`).
+    Returns measurements per side plus the per-window numbers the paired comparisons need."""
     variants = {"compressed": compressed} if compressed is not None else {}
-    many = evaluate_many(
-        baseline, variants, windows, device=device, kld=kld, progress=progress, name=name
-    )
+    many = evaluate_many(baseline, variants, windows, **options)
     one = many["variants"].get("compressed", {"measurements": [], "per_window": {}})
     per = {"nll_base": many["baseline_per_window"], **one["per_window"]}
     return {

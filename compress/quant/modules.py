@@ -114,11 +114,7 @@ class Int8Linear(nn.Module):
             "qweight", torch.empty(out_features, in_features, dtype=torch.int8, device=device)
         )
         self.register_buffer("scale", torch.empty(out_features, dtype=compute_dtype, device=device))
-        self.bias = (
-            nn.Parameter(torch.empty(out_features, dtype=compute_dtype, device=device), False)
-            if bias
-            else None
-        )
+        self.bias = _empty_bias(out_features, bias, compute_dtype, device)
 
     @classmethod
     def from_float(
@@ -206,11 +202,7 @@ class Int4Linear(nn.Module):
                 in_features // group_size, out_features, 2, dtype=compute_dtype, device=device
             ),
         )
-        self.bias = (
-            nn.Parameter(torch.empty(out_features, dtype=compute_dtype, device=device), False)
-            if bias
-            else None
-        )
+        self.bias = _empty_bias(out_features, bias, compute_dtype, device)
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -328,3 +320,12 @@ class Int8Embedding(nn.Module):
 
 
 QUANT_MODULES = (Int8Linear, Int4Linear, Int8Embedding)
+
+
+def _empty_bias(
+    out_features: int, bias: bool, dtype: torch.dtype, device: torch.device | str | None
+) -> nn.Parameter | None:
+    """A frozen bias of the compute dtype, filled by `load_state_dict` (None without bias)."""
+    if not bias:
+        return None
+    return nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), False)
