@@ -84,27 +84,22 @@ def check_gate(gate: Gate, comparison: Comparison | None, compressed: RunRecord)
         m = compressed.get(gate.metric)
         if m is None or m.value is None:
             why = m.reason if m is not None and m.reason else "not measured in this run"
-            return GateResult(
-                **base,
-                status="inconclusive",
-                observed=None,
-                interval=None,
-                explanation=f"{gate.metric} unavailable: {why}",
-            )
+            return _undecided(base, f"{gate.metric} unavailable: {why}")
         head = f"compressed {gate.metric} = {m.value:.4g} {m.unit}"
         return _result(base, m.value, _measurement_interval(m), head, m.method or "no interval")
     point, interval = _comparison_point(comparison, kind) if comparison else (None, None)
     if comparison is None or point is None:
         why = comparison.method if comparison is not None else "not measured in this run"
-        return GateResult(
-            **base,
-            status="inconclusive",
-            observed=None,
-            interval=None,
-            explanation=f"{gate.metric} comparison unavailable: {why}",
-        )
+        return _undecided(base, f"{gate.metric} comparison unavailable: {why}")
     head = f"{_WHAT[kind]} {point:.4g}"
     return _result(base, point, interval, head, comparison.method or "no interval")
+
+
+def _undecided(base: dict, explanation: str) -> GateResult:
+    """Inconclusive: nothing to decide on (no value or no interval)."""
+    return GateResult(
+        **base, status="inconclusive", observed=None, interval=None, explanation=explanation
+    )
 
 
 def check(

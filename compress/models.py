@@ -126,14 +126,7 @@ def resolve(spec: str, *, cache_dir: Path | None = None, pull: bool = True) -> M
     if path.is_dir():
         path = path.resolve()
         if (path / "compress_quant.json").is_file():
-            return ModelSource(
-                spec=spec,
-                kind="compressed",
-                path=path,
-                architecture=_architecture(path),
-                file_bytes=_weight_bytes(path),
-                note="a model saved by compress",
-            )
+            return _folder(spec, path, "compressed", note="a model saved by compress")
         if not (path / "config.json").is_file():
             ggufs = sorted(p.name for p in path.glob("*.gguf"))
             hint = f" It holds {', '.join(ggufs)}: name that file instead." if ggufs else ""
@@ -142,13 +135,7 @@ def resolve(spec: str, *, cache_dir: Path | None = None, pull: bool = True) -> M
                 f"a Hugging Face model folder.{hint}",
                 fix="Point at a folder written by save_pretrained, a .gguf file, or an alias.",
             )
-        return ModelSource(
-            spec=spec,
-            kind="local_dir",
-            path=path,
-            architecture=_architecture(path),
-            file_bytes=_weight_bytes(path),
-        )
+        return _folder(spec, path, "local_dir")
     if path.exists():
         raise BadInput(f"{spec} is neither a directory nor a .gguf file.")
     if _HUB_ID.match(spec) and not spec.startswith("."):
@@ -281,3 +268,15 @@ def load(
         time.perf_counter() - start,
     )
     return ModelHandle(model=model, tokenizer=tokenizer, source=source, dtype=dtype, device=device)
+
+
+def _folder(spec: str, path: Path, kind: str, note: str = "") -> ModelSource:
+    """A model folder on disk as a source: its architecture and weight bytes read from it."""
+    return ModelSource(
+        spec=spec,
+        kind=kind,
+        path=path,
+        architecture=_architecture(path),
+        file_bytes=_weight_bytes(path),
+        note=note,
+    )
