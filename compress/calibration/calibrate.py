@@ -1,5 +1,5 @@
 """The one layer-by-layer calibration loop that GPTQ, AWQ, SmoothQuant, Wanda and
-SparseGPT share (per-group statistics inside a layer: methods/layerwise.py).
+SparseGPT share (per-group statistics inside a layer: calibration/layerwise.py).
 
     batches --embed--> inputs of decoder layer 0
     for each decoder layer:

@@ -111,7 +111,7 @@ def calibrated(
 ) -> tuple[dict[str, nn.Linear], list[float]]:
     """A calibrated pruner's whole walk, in order: the calibration guard and the target
     pre-flight (before anything changes), then `solve` per group of every decoder layer on
-    the `update` statistic (methods/layerwise.py). Returns (targeted Linears, s per layer)."""
+    the `update` statistic (calibration/layerwise.py). Returns (targeted Linears, s per layer)."""
     from compress.calibration import layerwise
     from compress.calibration.calibrate import require_calibration
 

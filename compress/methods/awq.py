@@ -8,7 +8,7 @@ Per decoder layer, through the shared sequential loop (compress/calibration/cali
     scale     per group (input_layernorm -> q,k,v; v_proj -> o_proj when shapes allow;
               post_attention/pre_feedforward norm -> gate,up; up_proj -> down_proj, see
               mappings.py): grid-search alpha, s = mean|x|^alpha, minimising the output MSE
-              of the group's linears with fake-quantized Q(W * s) / s (quant/awq.py); fold
+              of the group's linears with fake-quantized Q(W * s) / s (numerics/awq.py); fold
               1 / s into the producer (norm weight or producer rows), s into the weights
     clip      per (row, group) shrink of the quantization range minimising output error
               (not q_proj/k_proj, as AutoAWQ: attention logits are sensitive)

@@ -1,6 +1,6 @@
 """`gptq`: GPTQ (Frantar et al. 2022) with Hessians accumulated layer by layer.
 
-The shared loop (methods/calibrate.py) walks the decoder; inside each decoder layer the
+The shared loop (calibration/calibrate.py) walks the decoder; inside each decoder layer the
 targeted Linears are split into groups that read the same input (Llama: q/k/v, o, gate/up,
 down) in the order they run. "True sequential" (default, as the reference code): each group's
 Hessian H = 2/n sum x^T x is collected on inputs produced by the layer with every earlier group

@@ -4,7 +4,7 @@ Per decoder layer, through the shared sequential loop (compress/calibration/cali
 
     observe   hooks collect max |x_j| per input channel of each group's shared input
     smooth    s_j = max|X_j|^alpha / max|W_:,j|^(1 - alpha) over the group's linears
-              (quant/smooth.py); 1 / s folded into the producer (norm weight; v_proj rows for
+              (numerics/smooth.py); 1 / s folded into the producer (norm weight; v_proj rows for
               o_proj when shapes allow; up_proj rows for down_proj), s into the weight columns:
               exactly output-preserving in float
     quantize  (w8a8: true) targeted linears -> on CPU DynamicInt8Linear: torch.ao fbgemm W8A8

@@ -1,8 +1,8 @@
 """`sparsegpt`: prune with second-order weight updates (Frantar & Alistarh 2023).
 
 Hessians H = 2/n sum x^T x are accumulated per group of Linears that share an input, through
-the shared sequential loop (methods/calibrate.py) and per-group statistics
-(methods/layerwise.py), exactly as for GPTQ; the solve (prune/sparsegpt.py) chooses the mask
+the shared sequential loop (calibration/calibrate.py) and per-group statistics
+(calibration/layerwise.py), exactly as for GPTQ; the solve (numerics/sparsegpt.py) chooses the mask
 by OBS saliency and updates the remaining weights to compensate. Outputs are recomputed with
 the pruned weights before the next layer.
 """

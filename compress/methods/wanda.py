@@ -1,7 +1,7 @@
 """`wanda`: prune by |W_ij| * ||X_j||_2 (Sun et al. 2023), compared within each output row.
 
-Through the shared sequential loop (methods/calibrate.py) and per-group statistics
-(methods/layerwise.py): each Linear's input feature norms are collected on the layer's real
+Through the shared sequential loop (calibration/calibrate.py) and per-group statistics
+(calibration/layerwise.py): each Linear's input feature norms are collected on the layer's real
 inputs, the layer is pruned, and its outputs are recomputed pruned for the next layer. One
 pass per layer by default, as the reference; `true_sequential` collects each group's norms
 after the earlier groups of the layer are pruned. No weight update: masks only.
