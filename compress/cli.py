@@ -362,6 +362,9 @@ def schema(
         raise typer.Exit(EXIT_BAD_INPUT)
 
 
+from compress import cli_eval  # noqa: E402,F401 - registers `evals` and `eval` on the app
+
+
 def main() -> None:
     app()
 
