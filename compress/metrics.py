@@ -142,10 +142,14 @@ def metric_info(name: str) -> Metric:
         return KNOWN_METRICS[name]
     base, _, suffix = name.partition("@")
     if base not in KNOWN_METRICS:
+        _register_builtin_tasks()
+        if name in KNOWN_METRICS:
+            return KNOWN_METRICS[name]
+    if base not in KNOWN_METRICS:
         raise ValueError(
             f"unknown metric '{name}'{did_you_mean(base, KNOWN_METRICS)}; expected one of: "
             f"{', '.join(KNOWN_METRICS)} (speed, memory, energy and cost metrics may add "
-            "@bs<N> or @p<N>)"
+            "@bs<N> or @p<N>; a task's <task>.<metric> exists once eval.tasks names the task)"
         )
     m = _SUFFIX.match(name)
     if m is None:
@@ -189,3 +193,17 @@ def direction_problem(kind: str, metric: str, info: Metric) -> str | None:
         f"'{kind}' {means}, but {metric} is {better}-is-better, so this gate would pass a "
         f"{worse} (worse) value and fail an improvement; use {use}"
     )
+
+
+_BUILTIN_TASKS: list[bool] = []
+
+
+def _register_builtin_tasks() -> None:
+    """The shipped eval tasks' `<task>.<metric>` names, registered on first need (once)."""
+    if _BUILTIN_TASKS:
+        return
+    _BUILTIN_TASKS.append(True)
+    from compress.evaluate.taskspec import load_specs, register_task_metrics
+
+    for loaded in load_specs().values():
+        register_task_metrics(loaded.spec)

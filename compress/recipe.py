@@ -55,6 +55,13 @@ class KLDEval(Strict):
 class EvalConfig(Strict):
     wikitext2: PerplexityEval | None = PerplexityEval()
     kld: KLDEval | None = KLDEval()
+    tasks: list[str] = Field(
+        [], description="eval tasks (evals/*.yaml or include_path); gates may name <task>.<metric>"
+    )
+    task_limit: int | None = Field(None, ge=1, description="score only the first N items a task")
+    quick_task_limit: int = Field(200, ge=1, description="task_limit under --quick")
+    batch_size: int = Field(8, ge=1, description="requests per forward when scoring tasks")
+    include_path: list[str] = Field([], description="folders of your own task YAMLs")
     data_dir: str | None = Field(None, description="folder with local copies of the eval data")
 
 
@@ -212,6 +219,23 @@ class Recipe(Strict):
             for i, s in enumerate(v.stages)
         ]
 
+    @model_validator(mode="before")
+    @classmethod
+    def _register_tasks(cls, data: Any) -> Any:
+        """The named tasks' `<task>.<metric>` names join the metric registry before the gates
+        are read (an unknown task is an error naming it)."""
+        ev = data.get("eval") if isinstance(data, dict) else None
+        if isinstance(ev, dict) and ev.get("tasks"):
+            from compress.evaluate.taskspec import get_specs, register_task_metrics
+
+            try:
+                specs = get_specs(list(ev["tasks"]), list(ev.get("include_path") or []))
+            except BadInput as e:
+                raise ValueError(f"eval.tasks: {e}") from None
+            for ls in specs:
+                register_task_metrics(ls.spec)
+        return data
+
     @model_validator(mode="after")
     def _stages_or_variants(self) -> Recipe:
         if (self.stages is None) == (self.variants is None):
@@ -246,6 +270,7 @@ class Recipe(Strict):
             or not (self.eval.kld and self.eval.kld.enabled),
             "profile": not self.profile.enabled,
         }
+        tasks = set(self.eval.tasks)
         how = {
             "eval.wikitext2": "set eval.wikitext2 (e.g. {seq_len: 2048, max_windows: 40})",
             "eval.kld": "set eval.kld: {enabled: true} (it scores the eval.wikitext2 windows)",
@@ -259,6 +284,11 @@ class Recipe(Strict):
         ]
         for path, g in gates:
             producer = metric_info(g.metric).producer
+            if producer == "eval.tasks" and g.metric.split(".")[0] not in tasks:
+                raise ValueError(
+                    f"{path}: {g.metric} is produced by task '{g.metric.split('.')[0]}', which "
+                    "this recipe does not run; add it to eval.tasks or drop the gate"
+                )
             if off.get(producer):
                 raise ValueError(
                     f"{path}: {g.metric} is produced by {producer}, which this recipe turns "

@@ -38,6 +38,7 @@ class VariantRun:
     policy: dict | None = None  # execution paths chosen on this host
     runtime: str | None = None  # what executes it when not torch eager
     paired: dict = field(default_factory=dict)  # metric -> paired samples / stats.Paired
+    task_pairs: dict = field(default_factory=dict)  # <task>.<metric> -> paired item statistics
     context: dict = field(default_factory=dict)
 
     @property
@@ -177,6 +178,7 @@ def evaluate(st: RunState) -> None:
     st.base_ms.append(exact("weights.bytes", weight_bytes(st.base.model), "bytes", how))
     for v in st.variants:
         v.ms.append(exact("weights.bytes", weight_bytes(v.handle.model), "bytes", how))
+    _evaluate_tasks(st)
     if st.windows is None:
         return
     ev = st.recipe.eval
@@ -195,6 +197,38 @@ def evaluate(st: RunState) -> None:
         v.ms += one["measurements"]
         nll = one["per_window"]["nll_comp"]
         v.paired.update({"wikitext2.perplexity": (nll_base, nll), "wikitext2.nll": (nll_base, nll)})
+
+
+def _evaluate_tasks(st: RunState) -> None:
+    """Every eval task on the baseline and all variants, item by item on the same items."""
+    from compress.evaluate.tasks import run_task
+    from compress.evaluate.taskspec import get_specs
+
+    ev = st.recipe.eval
+    limit = ev.quick_task_limit if st.quick else ev.task_limit
+    models = {"baseline": st.base.model, **{v.name: v.handle.model for v in st.variants}}
+    for ls in get_specs(ev.tasks, ev.include_path):
+        with stage_errors(f"evaluate: task {ls.spec.task}"):
+            res = run_task(
+                ls, models, st.base.tokenizer, data_dir=st.data_dir, limit=limit,
+                batch_size=ev.batch_size, device=st.device, progress=st.progress,
+                seed=st.recipe.seed,
+            )  # fmt: skip
+        st.base_ms += res["measurements"]["baseline"]
+        for v in st.variants:
+            v.ms += res["measurements"][v.name]
+            v.task_pairs.update(res["paired"][v.name])
+        st.data.append(
+            {
+                "name": f"task {res['task']}",
+                "location": res["data"],
+                "text_sha256": res["data_sha256"],
+                "spec": res["spec"],
+                "spec_sha256": res["spec_sha256"],
+                "items": res["items"],
+                "seconds": res["seconds"],
+            }
+        )
 
 
 def profile(st: RunState) -> None:

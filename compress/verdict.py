@@ -72,7 +72,7 @@ def _judge_variant(st: RunState, v: VariantRun, baseline: RunRecord, torch_rt: s
         context=v.context,
     )
     record.measurements += cost_measurements(record, st.recipe.cost)
-    comparisons = compare(baseline, record, v.paired)
+    comparisons = with_task_comparisons(compare(baseline, record, v.paired), baseline, record, v)
     gates = check(st.recipe.gates_for(v.spec), comparisons, record)
     basis = cost_basis(v.handle, v.runtime, v.policy)
     return VariantResult(
@@ -86,6 +86,23 @@ def _judge_variant(st: RunState, v: VariantRun, baseline: RunRecord, torch_rt: s
         exit_code=exit_code(gates),
         notes=variant_notes(comparisons, v.handle.stages) + policy_notes(v.policy, v.context),
     )
+
+
+def with_task_comparisons(
+    comparisons: list[Comparison], baseline: RunRecord, record: RunRecord, v: VariantRun
+) -> list[Comparison]:
+    """Task metrics compared item by item (paired bootstrap, McNemar, flips), not as two
+    independent means."""
+    from compress.evaluate.item_stats import task_comparison
+
+    out = []
+    for c in comparisons:
+        pair = v.task_pairs.get(c.metric)
+        if pair is not None:
+            b, m = baseline.get(c.metric), record.get(c.metric)
+            c = task_comparison(b.model_dump(), m.model_dump(), pair)
+        out.append(c)
+    return out
 
 
 def write(st: RunState, report: Report) -> None:

@@ -48,3 +48,56 @@ def test_eval_runs_a_task_and_writes_json_once(tmp_path, tiny_model_dir):
 def test_unknown_task_is_bad_input_before_any_model_loads(tmp_path):
     res = run("eval", tmp_path / "no-such-model", "--tasks", "arc_esay")
     assert res.exit_code == 2 and "did you mean 'arc_easy'" in res.output
+
+
+def test_a_recipe_gates_on_a_task_metric_compared_item_by_item(
+    tmp_path, tiny_model_dir, tiny_data_dir
+):
+    from test_cli import tiny_recipe, write
+
+    tasks, data = _task(tmp_path)
+    for f in tiny_data_dir.rglob("*"):  # the task data beside the WikiText copy
+        if f.is_file():
+            dest = data / f.relative_to(tiny_data_dir)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(f.read_bytes())
+    recipe = tiny_recipe(
+        tiny_model_dir,
+        name="tiny-task",
+        stages=[{"method": "rtn", "bits": 8}],
+        eval={
+            "wikitext2": {"seq_len": 64, "max_windows": 2, "quick_windows": 2},
+            "tasks": ["tiny_task"],
+            "include_path": [str(tasks)],
+            "batch_size": 3,
+        },
+        profile={"enabled": False},
+        gates=[{"metric": "tiny_task.acc", "min_ratio": 0.5}],
+    )
+    out = tmp_path / "reports"
+    args = ("--out", out, "--quick", "--data-dir", data, "--no-progress")
+    res = run("apply", write(tmp_path / "r.yaml", recipe), *args)
+    assert res.exit_code in (0, 3), res.output
+    run_dir = next((out / "tiny-task").iterdir())
+    rep = json.loads((run_dir / "report.json").read_text())
+    (v,) = rep["variants"]
+    c = next(x for x in v["comparisons"] if x["metric"] == "tiny_task.acc")
+    assert c["paired"] and c["scale"] == "bootstrap" and c["n"] == 6
+    assert set(c["flips"]) == {"lost", "gained"} and c["p_value"] is not None
+    assert v["gates"][0]["metric"] == "tiny_task.acc"
+    task_data = next(d for d in rep["data"] if d["name"] == "task tiny_task")
+    assert task_data["items"] == 6 and len(task_data["spec_sha256"]) == 64
+    md = (run_dir / "report.md").read_text()
+    assert "Items that changed against the baseline" in md and "| tiny_task.acc |" in md
+
+
+def test_a_gate_on_a_task_the_recipe_does_not_run_is_refused(tmp_path, tiny_model_dir):
+    from test_cli import tiny_recipe, write
+
+    recipe = tiny_recipe(tiny_model_dir, gates=[{"metric": "piqa.acc", "min_ratio": 0.9}])
+    recipe["eval"]["tasks"] = ["sst2"]
+    res = run("validate", write(tmp_path / "r.yaml", recipe))
+    assert res.exit_code == 2 and "does not run" in res.output
+    recipe["eval"]["tasks"] = ["sst3"]
+    res = run("validate", write(tmp_path / "r.yaml", recipe))
+    assert res.exit_code == 2 and "did you mean 'sst2'" in res.output

@@ -53,6 +53,10 @@ def paired_accuracy(base: list[float], comp: list[float], seed: int = 0) -> dict
     idx = rng.integers(0, d.size, size=(BOOTSTRAP_RESAMPLES, d.size))
     boots = d[idx].mean(axis=1)
     lo, hi = np.percentile(boots, [2.5, 97.5])
+    base_means = b[idx].mean(axis=1)
+    ratios = c[idx].mean(axis=1)[base_means > 0] / base_means[base_means > 0]
+    ratio = float(c.mean() / b.mean()) if b.mean() > 0 else None
+    r_lo, r_hi = np.percentile(ratios, [2.5, 97.5]) if ratios.size else (None, None)
     lost = [int(i) for i in np.flatnonzero((b == 1) & (c == 0))]
     gained = [int(i) for i in np.flatnonzero((b == 0) & (c == 1))]
     discordant = len(lost) + len(gained)
@@ -60,6 +64,8 @@ def paired_accuracy(base: list[float], comp: list[float], seed: int = 0) -> dict
     return {
         "delta": float(d.mean()),
         "delta_ci95": [float(lo), float(hi)],
+        "ratio": ratio,
+        "ratio_ci95": None if r_lo is None else [float(r_lo), float(r_hi)],
         "n": int(d.size),
         "mcnemar_p": float(p),
         "flips_lost": lost,
@@ -68,3 +74,29 @@ def paired_accuracy(base: list[float], comp: list[float], seed: int = 0) -> dict
         f"seed {seed}, percentile interval); McNemar exact test on the {discordant} items "
         "that changed",
     }
+
+
+def task_comparison(base: dict, comp: dict, pair: dict) -> Any:
+    """A report Comparison of one task metric from its paired item statistics."""
+    from compress.report.schema import Comparison
+
+    lo, hi = pair["delta_ci95"]
+    verdict = "better" if lo > 0 else "worse" if hi < 0 else "no significant change"
+    return Comparison(
+        metric=base["name"],
+        unit=base["unit"],
+        higher_is_better=True,
+        baseline=base["value"],
+        compressed=comp["value"],
+        delta=pair["delta"],
+        delta_ci95=pair["delta_ci95"],
+        ratio=pair["ratio"],
+        ratio_ci95=pair["ratio_ci95"],
+        paired=True,
+        verdict=verdict,
+        method=pair["method"],
+        scale="bootstrap",
+        n=pair["n"],
+        p_value=pair["mcnemar_p"],
+        flips={"lost": pair["flips_lost"], "gained": pair["flips_gained"]},
+    )

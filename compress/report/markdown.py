@@ -223,6 +223,7 @@ def variant_section(r: Report, v: VariantResult, level: str) -> list[str]:
             f"- {m.name}: {fmt(m.value, m.unit)}{_iv(m.ci95, m.unit)} {m.unit} (n={m.n} windows)"
             for m in rel
         ]
+    out += flips_section(v)
     if v.gates:
         out += gates_section(v, level)
     if v.cost:
@@ -283,10 +284,39 @@ def provenance(r: Report) -> list[str]:
     ]
     if r.run.get("migrated_from_schema"):
         out.append(f"- Read from a schema v{r.run['migrated_from_schema']} report.json.")
-    out += [
-        f"- Data `{d.get('name')}` from {d.get('location')}: text sha256 "
-        f"`{d.get('text_sha256', '?')[:16]}...`, token ids sha256 "
-        f"`{str(d.get('token_ids_sha256', '?'))[:16]}...`"
-        for d in r.data
-    ]
+    out += [_data_line(d) for d in r.data]
     return out
+
+
+def _data_line(d: dict) -> str:
+    line = f"- Data `{d.get('name')}` from {d.get('location')}: text sha256 "
+    line += f"`{d.get('text_sha256', '?')[:16]}...`"
+    if "spec_sha256" in d:  # an eval task: its spec file and how many items were scored
+        return (
+            line
+            + f", spec {d.get('spec')} sha256 `{d['spec_sha256'][:16]}...`, "
+            + (f"{d.get('items')} items")
+        )
+    return line + f", token ids sha256 `{str(d.get('token_ids_sha256', '?'))[:16]}...`"
+
+
+def flips_section(v: VariantResult, show: int = 20) -> list[str]:
+    """Task metrics item by item: how many items flipped each way, McNemar's p, which ones."""
+    rows = [c for c in v.comparisons if c.flips is not None]
+    if not rows:
+        return []
+    out = ["", "Items that changed against the baseline (same items, paired):", ""]
+    for c in rows:
+        lost, gained = c.flips.get("lost", []), c.flips.get("gained", [])
+        p = "n/a" if c.p_value is None else f"{c.p_value:.3g}"
+        out.append(
+            f"- {c.metric}: {len(lost)} right before and wrong now, {len(gained)} the reverse "
+            f"(McNemar exact p = {p}, n = {c.n}); lost items {_first(lost, show)}; gained "
+            f"{_first(gained, show)}"
+        )
+    return out
+
+
+def _first(idx: list[int], show: int) -> str:
+    head = ", ".join(str(i) for i in idx[:show])
+    return f"[{head}{', ...' if len(idx) > show else ''}]" if idx else "none"

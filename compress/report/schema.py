@@ -52,10 +52,11 @@ class Comparison(_Model):
     )
     verdict: Literal["better", "worse", "no significant change", "unknown"]
     method: str = ""
-    scale: Literal["log", "perplexity", "mean", "exact"] | None = Field(
+    scale: Literal["log", "perplexity", "mean", "exact", "bootstrap"] | None = Field(
         None,
         description="log/perplexity: ratio interval = ratio * exp(+-t(df) * log_ratio_stderr); "
-        "mean: delta +- t(df) * delta_stderr, ratio by Fieller; exact: counted, no error",
+        "mean: delta +- t(df) * delta_stderr, ratio by Fieller; exact: counted, no error; "
+        "bootstrap: paired bootstrap percentile intervals over items (task metrics)",
     )
     log_ratio_stderr: float | None = Field(
         None, description="standard error of log(ratio) (delta method on the mean scale)"
@@ -63,6 +64,13 @@ class Comparison(_Model):
     delta_stderr: float | None = Field(None, description="standard error of delta")
     df: float | None = Field(None, description="degrees of freedom of the t quantile")
     n: int | None = Field(None, description="pairs, windows or samples (smaller side) behind it")
+    p_value: float | None = Field(
+        None, description="task metrics: McNemar's exact two-sided p on the items that changed"
+    )
+    flips: dict[str, list[int]] | None = Field(
+        None,
+        description="task metrics: item indices 'lost' (right before, wrong after) and 'gained'",
+    )
 
 
 class RunRecord(_Model):
