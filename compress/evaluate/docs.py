@@ -19,6 +19,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from compress.data import candidate_dirs
 from compress.errors import BadInput
+from compress.evaluate.process import process
 from compress.evaluate.taskspec import TaskSpec
 
 _ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
@@ -58,8 +59,7 @@ def _resolve(rel: str, data_dir: str | Path | None) -> Path:
     )
 
 
-def _read_rows(path: Path, kind: str) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
+def _read_rows(path: Path, text: str, kind: str) -> list[dict]:
     if kind == "json":
         if path.suffix == ".json":
             data = json.loads(text)
@@ -161,15 +161,17 @@ def load_docs(
             "tsv and dataset_kwargs.data_files.",
         )
     path = _resolve(files, data_dir)
-    rows = _read_rows(path, spec.dataset_path)
-    digest = hashlib.sha256(path.read_bytes())
+    raw = path.read_bytes()  # read once: parsed and hashed
+    rows = _read_rows(path, raw.decode("utf-8"), spec.dataset_path)
+    digest = hashlib.sha256(raw)
     if spec.labels_file:
         lpath = _resolve(spec.labels_file, data_dir)
-        labels = [x.strip() for x in lpath.read_text(encoding="utf-8").splitlines() if x.strip()]
+        lraw = lpath.read_bytes()
+        labels = [x.strip() for x in lraw.decode("utf-8").splitlines() if x.strip()]
         if len(labels) != len(rows):
             raise BadInput(f"{lpath}: {len(labels)} labels for {len(rows)} documents in {path}.")
         rows = [dict(r, label=lab) for r, lab in zip(rows, labels, strict=True)]
-        digest.update(lpath.read_bytes())
+        digest.update(lraw)
     if not rows:
         raise BadInput(f"Task '{spec.task}': {path} holds no documents.")
     rows = rows[:limit] if limit else rows
@@ -178,8 +180,6 @@ def load_docs(
 
 
 def _item(spec: TaskSpec, i: int, doc: dict) -> Item:
-    from compress.evaluate.process import process
-
     doc = process(spec.process_docs, doc)
     where = f"task '{spec.task}', document {i}"
     context = str(render(spec.doc_to_text, doc, f"{where}: doc_to_text"))

@@ -1,17 +1,18 @@
 """Eval task specs in lm-evaluation-harness's YAML format (the part we support), one per file.
 
-A spec names its data (`dataset_path: json|csv|tsv|text` + `dataset_kwargs.data_files`, or a
-hub id), how a document becomes a prompt (`doc_to_text`), its choices (`doc_to_choice`) and
-its gold answer (`doc_to_target`), as field names or sandboxed Jinja2 templates, exactly as
-lm-eval reads them. Keys lm-eval has and we do not run are refused by name; keys neither
-knows get a "did you mean". Compress extensions are marked as such (`labels_file`).
+A spec names its data (`dataset_path: json|csv|tsv|hellaswag_txt` + local
+`dataset_kwargs.data_files`; hub ids are refused for now), how a document becomes a prompt
+(`doc_to_text`), its choices (`doc_to_choice`) and its gold answer (`doc_to_target`), as field
+names or sandboxed Jinja2 templates, exactly as lm-eval reads them. Keys lm-eval has and we do
+not run are refused by name; keys neither knows get a "did you mean". Compress extensions are
+marked as such (`labels_file`).
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -24,7 +25,7 @@ BUILTIN_DIR = Path(__file__).resolve().parents[2] / "evals"
 #: lm-eval keys we read but that change nothing here (documentation, few-shot splits)
 IGNORED = frozenset(
     {"tag", "metadata", "should_decontaminate", "doc_to_decontamination_query",
-     "training_split", "fewshot_split", "fewshot_delimiter", "dataset_name_note"}
+     "training_split", "fewshot_split", "fewshot_delimiter"}
 )  # fmt: skip
 #: lm-eval keys we do not support yet: refused by name rather than silently misread
 UNSUPPORTED = frozenset(
@@ -32,7 +33,6 @@ UNSUPPORTED = frozenset(
      "doc_to_image", "doc_to_audio", "use_prompt", "include", "group", "class",
      "custom_dataset", "unsafe_code", "gen_prefix", "multiple_input", "multiple_target"}
 )  # fmt: skip
-METRICS = ("acc", "acc_norm", "acc_bytes")
 PROCESS_DOCS = ("none", "hellaswag_preprocess")
 
 
@@ -53,7 +53,7 @@ class TaskSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     task: str
-    dataset_path: str = Field(description="json, csv, tsv or text with data_files; else a hub id")
+    dataset_path: str = Field(description="json, csv, tsv or hellaswag_txt, with data_files")
     dataset_name: str | None = None
     dataset_kwargs: DatasetKwargs = DatasetKwargs()
     test_split: str | None = None
@@ -84,9 +84,6 @@ class TaskSpec(BaseModel):
     @property
     def split(self) -> str:
         return self.test_split or self.validation_split or "test"
-
-    def metric_names(self) -> list[str]:
-        return [f"{self.task}.{m.metric}" for m in self.metric_list]
 
 
 class LoadedSpec(BaseModel):
@@ -184,7 +181,3 @@ def register_task_metrics(spec: TaskSpec) -> None:
                 definition=f"{what[m.metric]}; zero-shot, {spec.output_type}.",
             ),
         )
-
-
-def spec_hash(spec: Any) -> str:
-    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
