@@ -151,7 +151,7 @@ def apply(
 
 def _print_summary(report) -> None:
     from compress.metrics import is_relative
-    from compress.report.markdown import _ratio, _unit_label, fmt
+    from compress.report.markdown import _ratio, _unit_label, divergence_summary, fmt
 
     vs = report.variants
     one = len(vs) == 1
@@ -187,9 +187,12 @@ def _print_summary(report) -> None:
         out.print("95% intervals and values per variant: report.md ('All variants' table)")
     for v in vs:
         label = "" if one else f"{v.name}: "
-        for m in v.record.measurements:
-            if is_relative(m.name):
-                out.print(f"{label}{m.name}: {fmt(m.value, m.unit)} {m.unit} (n={m.n})")
+        rel = [m for m in v.record.measurements if is_relative(m.name)]
+        summary = divergence_summary(rel)  # llama.cpp's KLD statistics in one line
+        if summary:
+            out.print(escape(f"{label}{summary}"))
+        for m in rel if summary is None else []:
+            out.print(f"{label}{m.name}: {fmt(m.value, m.unit)} {m.unit} (n={m.n})")
         if v.cost:
             out.print(f"\n[bold]{escape(label + v.cost.headline)}[/]")
         _print_gates(v.gates, v.exit_code, title="gates" if one else f"gates: {v.name}")

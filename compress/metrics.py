@@ -70,6 +70,26 @@ for _name, _better, _workload, _unit, _producer, _description, _definition in (
     ("kld.top1_agreement", "higher", False, "fraction", "eval.kld",
      "share of tokens whose argmax matches",
      f"share of scored positions {_WINDOWS} where both models' argmax tokens agree."),
+    *(
+        (f"kld.{key}", "lower", False, "nats/token", "eval.kld",
+         f"{label} of the per-token KL(baseline || compressed)",
+         f"{label} of the per-token KL(baseline || compressed) over every token scored "
+         "in the perplexity windows (linear interpolation, as llama.cpp's llama-perplexity "
+         "--kl-divergence); 95% interval by a bootstrap over windows (tokens of one window "
+         "are correlated).")
+        for key, label in (("median", "median"), ("p90", "90th percentile"),
+                           ("p95", "95th percentile"), ("p99", "99th percentile"),
+                           ("p99_9", "99.9th percentile"))
+    ),
+    ("kld.max", "lower", False, "nats/token", "eval.kld",
+     "largest per-token KL(baseline || compressed)",
+     f"the largest per-token KL(baseline || compressed) {_WINDOWS}, as llama.cpp's 'Maximum "
+     "KLD'; it has no interval, so a gate on it is inconclusive."),
+    ("kld.same_top1", "higher", False, "fraction", "eval.kld",
+     "share of tokens whose argmax matches (token-level interval)",
+     f"share of scored tokens {_WINDOWS} where both models' argmax tokens agree, as "
+     "llama.cpp's 'Same top p', with its binomial stderr over tokens and a Wilson interval; "
+     "tokens of one window are not independent, so gate on kld.top1_agreement instead."),
     ("decode.tokens_per_s", "higher", True, "tokens/s", "profile",
      "decode throughput (batch 1 unless @bsN)",
      "greedy decode with the KV cache after the profile prompt: batch x 1000 / median step "

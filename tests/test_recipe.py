@@ -242,5 +242,8 @@ def test_divergences_are_relative_metrics_and_nothing_else_is():
     from compress.metrics import is_relative
 
     relative = sorted(n for n in KNOWN_METRICS if is_relative(n))
-    assert relative == ["kld.mean", "kld.top1_agreement"]
+    assert relative == sorted(
+        ["kld.mean", "kld.top1_agreement", "kld.median", "kld.p90", "kld.p95", "kld.p99"]
+        + ["kld.p99_9", "kld.max", "kld.same_top1"]
+    )
     assert not is_relative("decode.tokens_per_s@bs8") and not is_relative("no.such")

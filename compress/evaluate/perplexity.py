@@ -1,8 +1,10 @@
 """Perplexity and KL divergence, baseline and compressed scored window by window in lockstep.
 
 Each window's baseline logits are computed once and used twice: for the baseline's own NLL
-and as the reference distribution of KL(baseline || compressed). Nothing window-sized is
-kept after its window, so memory stays at one window of logits per model.
+and as the reference distribution of KL(baseline || compressed). No logits are kept after
+their window, so memory stays at one window of logits per model; each window leaves only its
+per-token KL (float32) and top-1 match (bool) arrays, for the token-level divergence figures
+of `divergence.py` (percentiles, maximum, same top-1, as llama.cpp reports them).
 """
 
 from __future__ import annotations
@@ -12,16 +14,16 @@ import math
 import time
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from compress import stats
 from compress.errors import BadInput, ReleaseFailed
+from compress.evaluate import divergence
 
 log = logging.getLogger(__name__)
-
-_CHUNK = 512  # positions per KL chunk: bounds the extra memory to a few chunk x vocab tensors
 
 
 @torch.inference_mode()
@@ -33,17 +35,12 @@ def window_scores(
     base_logits: torch.Tensor, comp_logits: torch.Tensor, targets: torch.Tensor
 ) -> dict[str, float]:
     """One window: the compressed model's mean NLL, mean KL(base||comp), top-1 agreement."""
-    out = {"nll_comp": float(F.cross_entropy(comp_logits, targets))}
-    kl_sum, agree = 0.0, 0
-    for s in range(0, base_logits.shape[0], _CHUNK):
-        lb = F.log_softmax(base_logits[s : s + _CHUNK], -1)
-        lc = F.log_softmax(comp_logits[s : s + _CHUNK], -1)
-        kl_sum += float(F.kl_div(lc, lb, log_target=True, reduction="sum"))
-        agree += int((lb.argmax(-1) == lc.argmax(-1)).sum())
-    n = base_logits.shape[0]
-    out["kld"] = kl_sum / n
-    out["top1"] = agree / n
-    return out
+    kl, same = divergence.token_divergence(base_logits, comp_logits)
+    return _window_means(float(F.cross_entropy(comp_logits, targets)), kl, same)
+
+
+def _window_means(nll: float, kl: np.ndarray, same: np.ndarray) -> dict[str, float]:
+    return {"nll_comp": nll, "kld": float(kl.mean(dtype=np.float64)), "top1": float(same.mean())}
 
 
 def evaluate_perplexity(
@@ -78,13 +75,17 @@ def evaluate_many(
     kld: bool = True,
     progress: bool = True,
     name: str = "wikitext2",
+    seed: int = 0,
 ) -> dict:
     """Score the baseline and every variant on the same windows in one pass: each window's
-    baseline logits are computed once and compared with every variant's."""
+    baseline logits are computed once and compared with every variant's. With `kld`, each
+    window also leaves per-token KL and top-1 arrays (`per_token`), summarised into the
+    token-level divergence figures (bootstrap over windows seeded with `seed`)."""
     from tqdm.auto import tqdm
 
     base_nll: list[float] = []
     per: dict[str, dict[str, list[float]]] = {k: {} for k in variants}
+    tok: dict[str, dict[str, list[np.ndarray]]] = {k: {"kld": [], "top1": []} for k in variants}
     secs = dict.fromkeys(["baseline", *variants], 0.0)
     for j, ids in enumerate(
         tqdm(windows, desc=f"{name} windows", unit="win", disable=not progress)
@@ -98,17 +99,16 @@ def evaluate_many(
             t0 = time.perf_counter()
             lc = _window_logits(model, ids)
             secs[label] += time.perf_counter() - t0
-            scores = window_scores(lb, lc, ids[1:])
-            if not kld:
-                scores.pop("kld", None)
-                scores.pop("top1", None)
+            nll = float(F.cross_entropy(lc, ids[1:]))
+            if kld:
+                kl, same = divergence.token_divergence(lb, lc)
+                scores = _window_means(nll, kl, same)
+                tok[label]["kld"].append(kl)
+                tok[label]["top1"].append(same)
+            else:
+                scores = {"nll_comp": nll}
+            _check_finite(scores, name, label, j)
             for k, v in scores.items():
-                if not math.isfinite(v):
-                    raise ReleaseFailed(
-                        f"{name}: the {label} model gives a non-finite {k} ({v}) on window "
-                        f"{j}: its outputs hold NaN/inf, so it cannot be released.",
-                        stage=f"evaluate: {label}",
-                    )
                 per[label].setdefault(k, []).append(v)
             del lc
         del lb
@@ -117,9 +117,12 @@ def evaluate_many(
     out_variants = {}
     for label, pw in per.items():
         ms = _nll_measurements(name, pw["nll_comp"], tokens)
-        if "kld" in pw:
+        one = {"per_window": pw}
+        if kld:
             ms += _divergence_measurements(pw, tokens)
-        out_variants[label] = {"measurements": ms, "per_window": pw}
+            ms += divergence.token_measurements(tok[label]["kld"], tok[label]["top1"], seed=seed)
+            one["per_token"] = tok[label]
+        out_variants[label] = {"measurements": ms, **one}
     return {
         "baseline": _nll_measurements(name, base_nll, tokens),
         "baseline_per_window": base_nll,
@@ -129,6 +132,16 @@ def evaluate_many(
         "tokens_scored": tokens,
         "seconds": secs,
     }
+
+
+def _check_finite(scores: dict[str, float], name: str, label: str, window: int) -> None:
+    for k, v in scores.items():
+        if not math.isfinite(v):
+            raise ReleaseFailed(
+                f"{name}: the {label} model gives a non-finite {k} ({v}) on window "
+                f"{window}: its outputs hold NaN/inf, so it cannot be released.",
+                stage=f"evaluate: {label}",
+            )
 
 
 def _finite_baseline(nll: float, name: str, window: int) -> float:

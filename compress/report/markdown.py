@@ -216,13 +216,7 @@ def variant_section(r: Report, v: VariantResult, level: str) -> list[str]:
     out += ["", f"{level} Before / after", ""] + comparison_table(v)
     if any(c.scale is not None for c in v.comparisons):  # schema v2: the statistic is named
         out += ["", COLUMNS_NOTE]
-    rel = [m for m in v.record.measurements if is_relative(m.name)]
-    if rel:
-        out += ["", "Divergence from the baseline on the same windows:", ""]
-        out += [
-            f"- {m.name}: {fmt(m.value, m.unit)}{_iv(m.ci95, m.unit)} {m.unit} (n={m.n} windows)"
-            for m in rel
-        ]
+    out += divergence_section([m for m in v.record.measurements if is_relative(m.name)])
     out += flips_section(v)
     if v.gates:
         out += gates_section(v, level)
@@ -230,6 +224,81 @@ def variant_section(r: Report, v: VariantResult, level: str) -> list[str]:
         out += cost_section(v, level)
     if v.notes and level != "##":  # one variant: its notes join the run's
         out += ["", f"{level} Notes on {v.name}", ""] + [f"- {n}" for n in v.notes]
+    return out
+
+
+#: divergence figures in llama.cpp's order: name -> (llama.cpp's label, what the interval is)
+_KLD_ROWS = {
+    "kld.mean": ("Mean KLD", "t over windows"),
+    "kld.median": ("Median KLD", "bootstrap over windows"),
+    "kld.p90": ("90.0% KLD", "bootstrap over windows"),
+    "kld.p95": ("95.0% KLD", "bootstrap over windows"),
+    "kld.p99": ("99.0% KLD", "bootstrap over windows"),
+    "kld.p99_9": ("99.9% KLD", "bootstrap over windows"),
+    "kld.max": ("Maximum KLD", "none (a maximum)"),
+    "kld.same_top1": ("Same top p", "Wilson over tokens (not independent: do not gate)"),
+    "kld.top1_agreement": ("", "t over windows (gate on this one)"),
+}
+_WINDOW_LEVEL = ("kld.mean", "kld.top1_agreement")
+
+
+def divergence_summary(ms: list[Measurement]) -> str | None:
+    """One line as llama.cpp's KL divergence statistics read: mean +- stderr, percentiles,
+    maximum, same top-1 +- its binomial stderr (None without the token-level figures)."""
+    by = {m.name: m for m in ms if m.value is not None}
+    if "kld.median" not in by:
+        return None
+    short = {"kld.median": "median", "kld.p90": "p90", "kld.p95": "p95", "kld.p99": "p99"}
+    short |= {"kld.p99_9": "p99.9", "kld.max": "max"}
+    parts = [f"KLD mean {_pm(by.get('kld.mean'))} nats/token"]
+    parts += [f"{label} {fmt(by[n].value, '')}" for n, label in short.items() if n in by]
+    line = ", ".join(parts)
+    if "kld.same_top1" in by:
+        line += f"; same top-1 {_pm(by['kld.same_top1'], percent=True)}% over tokens"
+    if "kld.top1_agreement" in by:
+        m = by["kld.top1_agreement"]
+        line += f", {fmt(m.value, m.unit)}{_iv(m.ci95, m.unit)} over windows"
+    return line
+
+
+def _pm(m: Measurement | None, percent: bool = False) -> str:
+    """value ± stderr; `percent`: x 100 with 3 decimals, as llama.cpp prints 'Same top p'."""
+    if m is None or m.value is None:
+        return "n/a"
+    f = (lambda x: f"{100 * x:.3f}") if percent else (lambda x: fmt(x, ""))
+    return f(m.value) + (f" ± {f(m.stderr)}" if m.stderr else "")
+
+
+def divergence_section(ms: list[Measurement]) -> list[str]:
+    """The divergence figures: a llama.cpp-style line and a table (each figure's interval,
+    n and what the interval is over); reports without token-level figures: one line each."""
+    if not ms:
+        return []
+    head = ["", "Divergence from the baseline on the same windows:", ""]
+    summary = divergence_summary(ms)
+    if summary is None:  # reports before the token-level figures read as they did
+        return head + [
+            f"- {m.name}: {fmt(m.value, m.unit)}{_iv(m.ci95, m.unit)} {m.unit} (n={m.n} windows)"
+            for m in ms
+        ]
+    windows = next((m.n for m in ms if m.name == "kld.mean"), None)
+    out = head + [
+        f"{summary} (as llama.cpp's `llama-perplexity --kl-divergence` reports them; "
+        "KL(baseline || variant) per token, nats).",
+        "",
+        "| metric | llama.cpp | value [95% CI] | stderr | n | interval |",
+        "|---|---|---|---|---|---|",
+    ]
+    order = {n: i for i, n in enumerate(_KLD_ROWS)}
+    for m in sorted(ms, key=lambda m: order.get(m.name, len(order))):
+        label, over = _KLD_ROWS.get(m.name, ("", ""))
+        unit = "" if m.unit == "fraction" else f" {m.unit}"
+        n = f"{m.n} windows" if m.name in _WINDOW_LEVEL else f"{m.n} tokens"
+        if m.name not in _WINDOW_LEVEL and windows:
+            n += f" ({windows} windows)"
+        se = "" if m.stderr is None else fmt(m.stderr, m.unit)
+        value = fmt(m.value, m.unit) + _iv(m.ci95, m.unit) + unit
+        out.append(f"| {m.name} | {label} | {value} | {se} | {n} | {over} |")
     return out
 
 

@@ -126,3 +126,57 @@ def test_variants_get_one_table_with_a_column_each_and_their_own_sections():
         assert f"## Variant `{v.name}`" in md and f"| {v.name} | decode.tokens_per_s |" in md
     assert "## Variant `bf16` (control, not gated)" in md
     assert md.count("### Cost") == 3 and md.count("## Every measurement") == 1
+
+
+def _divergence(token_level: bool) -> list[Measurement]:
+    import numpy as np
+
+    from compress.evaluate.divergence import token_measurements
+
+    rng = np.random.default_rng(0)
+    kl = [rng.gamma(0.5, 0.02, size=200).astype(np.float32) for _ in range(6)]
+    same = [rng.random(200) < 0.95 for _ in range(6)]
+    ms = [
+        stats.mean_measurement("kld.mean", [float(k.mean()) for k in kl], "nats/token", False, "w"),
+        stats.mean_measurement("kld.top1_agreement", [float(s.mean()) for s in same], "fraction",
+                               True, "w"),
+    ]  # fmt: skip
+    ms += token_measurements(kl, same, resamples=200) if token_level else []
+    return [Measurement(**m) for m in ms]
+
+
+def test_divergence_section_reads_like_llama_cpps_kld_statistics():
+    from compress.report.markdown import divergence_section, divergence_summary
+
+    ms = _divergence(token_level=True)
+    by = {m.name: m for m in ms}
+    lines = divergence_section(ms)
+    text = "\n".join(lines)
+    line = divergence_summary(ms)
+    assert line.startswith(f"KLD mean {by['kld.mean'].value:.4g} ± ")
+    for part in ("median", "p90", "p95", "p99", "p99.9", "max", "same top-1"):
+        assert f" {part} " in line
+    p, se = by["kld.same_top1"].value, by["kld.same_top1"].stderr
+    assert f"same top-1 {100 * p:.3f} ± {100 * se:.3f}% over tokens" in line  # llama.cpp's
+    assert "over windows" in line and line in text and "llama-perplexity" in text
+    rows = [r for r in lines if r.startswith("| kld.")]
+    assert [r.split(" | ")[0][2:] for r in rows] == [
+        "kld.mean", "kld.median", "kld.p90", "kld.p95", "kld.p99", "kld.p99_9", "kld.max",
+        "kld.same_top1", "kld.top1_agreement",
+    ]  # fmt: skip
+    p99 = next(r for r in rows if r.startswith("| kld.p99 |"))
+    assert "| 99.0% KLD |" in p99 and "1200 tokens (6 windows)" in p99 and "bootstrap" in p99
+    assert "[" in p99  # its interval
+    assert "6 windows | t over windows" in rows[0]
+    assert "none (a maximum)" in rows[6] and "Same top p" in rows[7] and "do not gate" in rows[7]
+
+
+def test_divergence_section_of_an_older_report_is_unchanged():
+    from compress.report.markdown import divergence_section, divergence_summary
+
+    ms = _divergence(token_level=False)
+    assert divergence_summary(ms) is None
+    lines = divergence_section(ms)
+    assert lines[1] == "Divergence from the baseline on the same windows:"
+    assert lines[3].startswith("- kld.mean: ") and lines[3].endswith("nats/token (n=6 windows)")
+    assert divergence_section([]) == []
