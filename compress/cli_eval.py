@@ -36,7 +36,7 @@ def evals(
                 items, where = str(len(data.items)), data.location
             except Exception as e:  # noqa: BLE001 - listed with the reason, not fatal
                 items, where = "-", f"not available: {e}"
-            metrics = ", ".join(m.metric for m in ls.spec.metric_list)
+            metrics = ", ".join(ls.spec.metric_names)
             t.add_row(name, ls.spec.output_type, items, metrics, escape(where), str(ls.path))
         out.print(t)
     except BaseException as e:  # noqa: BLE001
@@ -55,6 +55,10 @@ def eval_(
     include_path: list[Path] | None = _INCLUDE,
     data_dir: Path | None = _DATA,
     output: Path | None = typer.Option(None, "--output", help="Per-task results as JSON."),
+    max_length: int | None = typer.Option(
+        None, "--max-length", min=2, help="Context limit in tokens (default: the model's)."
+    ),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse cached results."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Run eval tasks on one model, without a recipe (accuracy with 95% intervals)."""
@@ -76,7 +80,8 @@ def eval_(
         handle = models.load(models.resolve(model), dtype="float32", device=dev)
         results = [
             run_task(ls, {"model": handle.model}, handle.tokenizer, data_dir=data_dir,
-                     limit=limit, batch_size=batch_size, device=dev, progress=progress)
+                     limit=limit, batch_size=batch_size, device=dev, progress=progress,
+                     max_length=max_length, cache=cache)
             for ls in specs
         ]  # fmt: skip
         if output is not None:
@@ -92,14 +97,17 @@ def eval_(
 
 def _print_results(results: list[dict]) -> None:
     t = Table(title="eval results (zero-shot)")
-    for col in ("metric", "value", "95% CI", "stderr", "n", "seconds"):
-        t.add_column(col)
+    width = max((len(m["name"]) for r in results for m in r["measurements"]["model"]), default=6)
+    t.add_column("metric", no_wrap=True, min_width=width)
+    for col in ("unit", "value", "95% CI", "stderr", "n", "seconds"):
+        t.add_column(col, no_wrap=col in ("value", "95% CI"))
     for r in results:
         for m in r["measurements"]["model"]:
             lo, hi = m["ci95"]
             se = "n/a" if m["stderr"] is None else f"{m['stderr']:.4f}"
-            secs = f"{r['seconds']['model']:.1f}"
+            secs = f"{r['seconds']['model']:.1f}" + (" (cached)" if r["cached"] else "")
             t.add_row(
-                m["name"], f"{m['value']:.4f}", f"[{lo:.4f}, {hi:.4f}]", se, str(m["n"]), secs
-            )
+                m["name"], m["unit"], f"{m['value']:.4f}", f"[{lo:.4f}, {hi:.4f}]", se,
+                str(m["n"]), secs,
+            )  # fmt: skip
     out.print(t)

@@ -1,92 +1,80 @@
-"""Multiple choice by log-likelihood, as lm-evaluation-harness scores it.
+"""Requests of multiple-choice and loglikelihood tasks, encoded as lm-evaluation-harness
+encodes them, and multiple-choice scores per item.
 
-Per (context, choice): continuation = target_delimiter + choice; trailing spaces of the
-context move to the continuation; the continuation's tokens are those of
-tokenize(context + continuation) after tokenize(context) (no special tokens; gemma models get
-their BOS first, as lm-eval's HF backend does). The score is the sum of the continuation
-tokens' log-probabilities. Per item: acc = argmax of the scores is gold; acc_norm divides
-each score by the choice's length in characters; acc_bytes by its UTF-8 bytes.
-
-Requests are batched (sorted by length, right-padded, attention-masked), so results do not
-depend on the batch size beyond float noise; every request is scored by every model the
-same way, which is what pairing needs.
+Per (context, choice): continuation = target_delimiter + choice (or, for alternative contexts,
+target_delimiter + the shared target); see `encode_pair` for the tokenisation. The score is
+the sum of the continuation tokens' log-probabilities (`scoring.loglikelihoods`). Per item:
+acc = argmax of the scores is gold; acc_norm divides each score by the choice's length in
+characters; acc_bytes by its UTF-8 bytes. Every request is scored by every model the same
+way, which is what pairing needs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 from compress.evaluate.docs import Item
+from compress.evaluate.scoring import Request
 
 
-@dataclass(frozen=True)
-class Request:
-    item: int  # index into the items
-    choice: int
-    tokens: list[int]  # context + continuation tokens, the model input is tokens[:-1]
-    n_cont: int  # the last n_cont tokens are the continuation
+def prefix_token(tokenizer: Any) -> int:
+    """lm-eval's HF `prefix_token_id`: what an empty context conditions on (BOS, else EOS)."""
+    bos = tokenizer.bos_token_id
+    return bos if bos is not None else tokenizer.eos_token_id
 
 
-def encode(tokenizer: Any, items: list[Item], delimiter: str, bos: int | None) -> list[Request]:
-    """Every (item, choice) as token ids, split into context and continuation as lm-eval does."""
+def encode_pair(
+    tokenizer: Any, context: str, continuation: str, prefix: int, max_length: int | None = None
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(context ids, continuation ids) as lm-eval's causal HF backend encodes a request:
+    trailing spaces of the context move to the continuation; the continuation is what
+    tokenize(context + continuation) adds after tokenize(context) (the tokenizer's own special
+    tokens, e.g. gemma's BOS); an empty context becomes the prefix token; the whole is cut
+    from the left to `max_length` + 1 tokens."""
+    if context == "":
+        cont = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        head, cont = ([prefix], cont) if cont[:1] != [prefix] else (cont[:1], cont[1:])
+    else:
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces:
+            continuation = context[-n_spaces:] + continuation
+            context = context[:-n_spaces]
+        whole = tokenizer(context + continuation)["input_ids"]
+        head = tokenizer(context)["input_ids"]
+        cont = whole[len(head) :]
+    if not cont:
+        raise ValueError(f"continuation {continuation!r} encodes to no tokens")
+    if max_length and len(head) + len(cont) > max_length + 1:
+        keep = max(max_length + 1 - len(cont), 1)
+        head = head[-keep:]
+    return tuple(head), tuple(cont)
+
+
+def encode(
+    tokenizer: Any, items: list[Item], delimiter: str, max_length: int | None = None
+) -> list[Request]:
+    """Every (item, choice) request of a multiple-choice or loglikelihood task. Choices are
+    continuations of the context; with `shared_target` they are alternative contexts for that
+    one continuation (partial scoring); a loglikelihood item is one request."""
+    prefix = prefix_token(tokenizer)
     out = []
     for it in items:
-        context = it.context
-        for j, choice in enumerate(it.choices):
-            cont = delimiter + choice
-            n_spaces = len(context) - len(context.rstrip())
-            ctx = context[: len(context) - n_spaces] if n_spaces else context
-            cont = context[len(ctx) :] + cont
-            whole = tokenizer(ctx + cont, add_special_tokens=False)["input_ids"]
-            head = tokenizer(ctx, add_special_tokens=False)["input_ids"] if ctx else []
-            cont_ids = whole[len(head) :]
-            prefix = [bos] if bos is not None else []
-            if not head and not prefix:  # empty context: condition on the end-of-text token
-                prefix = [tokenizer.eos_token_id]
-            out.append(Request(it.index, j, prefix + head + cont_ids, len(cont_ids)))
-    return out
-
-
-@torch.inference_mode()
-def loglikelihoods(
-    model: nn.Module,
-    requests: list[Request],
-    *,
-    batch_size: int = 8,
-    device: str = "cpu",
-    progress: Callable[[int], None] | None = None,
-) -> list[float]:
-    """Sum of continuation log-probabilities per request (in the requests' order)."""
-    order = sorted(range(len(requests)), key=lambda i: -len(requests[i].tokens))
-    out = [0.0] * len(requests)
-    for s in range(0, len(order), batch_size):
-        batch = [requests[i] for i in order[s : s + batch_size]]
-        width = max(len(r.tokens) - 1 for r in batch)
-        ids = torch.zeros(len(batch), width, dtype=torch.long)
-        mask = torch.zeros(len(batch), width, dtype=torch.long)
-        for b, r in enumerate(batch):
-            n = len(r.tokens) - 1
-            ids[b, :n] = torch.tensor(r.tokens[:-1])
-            mask[b, :n] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        for b, r in enumerate(batch):
-            n = len(r.tokens) - 1
-            lp = F.log_softmax(logits[b, n - r.n_cont : n], dim=-1)
-            target = torch.tensor(r.tokens[-r.n_cont :], device=lp.device)
-            out[order[s + b]] = float(lp.gather(1, target[:, None]).sum())
-        if progress:
-            progress(len(batch))
+        if not it.choices:  # loglikelihood: the target as it is (lm-eval adds no delimiter)
+            pairs = [(it.context, it.shared_target or "")]
+        elif it.shared_target is not None:
+            pairs = [(c, delimiter + it.shared_target) for c in it.choices]
+        else:
+            pairs = [(it.context, delimiter + c) for c in it.choices]
+        for j, (ctx, cont) in enumerate(pairs):
+            head, tail = encode_pair(tokenizer, ctx, cont, prefix, max_length)
+            out.append(Request(it.index, j, head, tail))
     return out
 
 
 def item_scores(items: list[Item], requests: list[Request], lls: list[float]) -> dict:
-    """Per item: 1/0 correctness for acc, acc_norm, acc_bytes, and the choice scores."""
+    """Per item: 1/0 correctness for acc, acc_norm, acc_bytes, and the choice scores. As in
+    lm-eval, acc_norm and acc_bytes divide by the length of each choice (for alternative
+    contexts that is the context's length)."""
     by_item: dict[int, list[float]] = {it.index: [0.0] * len(it.choices) for it in items}
     for r, ll in zip(requests, lls, strict=True):
         by_item[r.item][r.choice] = ll

@@ -19,20 +19,28 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from compress.data import candidate_dirs
 from compress.errors import BadInput
-from compress.evaluate.process import process
-from compress.evaluate.taskspec import TaskSpec
+from compress.evaluate.process import FUNCTIONS, process
+from compress.evaluate.taskspec import TaskSpec, function_name
 
 _ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
 
 
 @dataclass(frozen=True)
 class Item:
-    """One scored document: the context, its choices, the gold index."""
+    """One scored document. multiple_choice: the context, its choices, the gold index (with
+    `shared_target`, the choices are alternative contexts for that one continuation: lm-eval's
+    partial scoring, as for WinoGrande). loglikelihood: `shared_target` after the context.
+    loglikelihood_rolling: `shared_target` is the whole text, `count_text` what words and bytes
+    are counted on. embedding_similarity: `context` and `pair`, `score` the gold similarity."""
 
     index: int
     context: str
     choices: list[str]
     gold: int
+    shared_target: str | None = None
+    count_text: str = ""
+    pair: str = ""
+    score: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,10 @@ def _resolve(rel: str, data_dir: str | Path | None) -> Path:
     )
 
 
-def _read_rows(path: Path, text: str, kind: str) -> list[dict]:
+def _read_rows(path: Path, text: str, kind: str, kw: Any = None) -> list[dict]:
+    if kind == "text":  # as the `datasets` text builder: one row per line, no line ends
+        lines = text.split("\n")
+        return [{"text": x} for x in (lines[:-1] if text.endswith("\n") else lines)]
     if kind == "json":
         if path.suffix == ".json":
             data = json.loads(text)
@@ -75,8 +86,16 @@ def _read_rows(path: Path, text: str, kind: str) -> list[dict]:
         return rows
     if kind == "hellaswag_txt":
         return _hellaswag_rows(text, path)
-    delim = "\t" if kind == "tsv" else ","
-    return list(csv.DictReader(text.splitlines(), delimiter=delim, quoting=csv.QUOTE_NONE))
+    delim = (kw.delimiter if kw and kw.delimiter else None) or ("\t" if kind == "tsv" else ",")
+    quoting = kw.quoting if kw and kw.quoting is not None else csv.QUOTE_NONE
+    names = kw.column_names if kw else None
+    reader = csv.DictReader(text.splitlines(), fieldnames=names, delimiter=delim, quoting=quoting)
+    rows = []
+    for n, row in enumerate(reader, 1 if names else 2):
+        if None in row.values():
+            raise BadInput(f"{path}, line {n}: {len(row)} columns expected, fewer found.")
+        rows.append(row)
+    return rows
 
 
 def _hellaswag_rows(text: str, path: Path) -> list[dict]:
@@ -101,10 +120,13 @@ def _field(doc: dict, name: str) -> Any:
     return node
 
 
-def render(template: str | int | list, doc: dict, what: str) -> Any:
+def render(template: str | int | float | list, doc: dict, what: str) -> Any:
     """lm-eval's reading of a doc_to_* value for one document."""
-    if isinstance(template, int | list):
+    if isinstance(template, int | float | list):
         return template
+    fn = function_name(template)
+    if fn is not None:
+        return FUNCTIONS[fn](doc)
     try:
         return _field(doc, template)
     except KeyError:
@@ -154,15 +176,15 @@ def load_docs(
     files = spec.dataset_kwargs.data_files
     if isinstance(files, dict):
         files = files.get(spec.split) or next(iter(files.values()), None)
-    if spec.dataset_path not in ("json", "csv", "tsv", "hellaswag_txt") or not files:
+    if spec.dataset_path not in READERS or not files:
         raise BadInput(
             f"Task '{spec.task}': dataset_path '{spec.dataset_path}' needs a hub download, "
-            "which this build does not do; point it at local files with dataset_path: json|csv|"
-            "tsv and dataset_kwargs.data_files.",
+            f"which this build does not do; point it at local files with dataset_path: "
+            f"{'|'.join(READERS)} and dataset_kwargs.data_files.",
         )
     path = _resolve(files, data_dir)
     raw = path.read_bytes()  # read once: parsed and hashed
-    rows = _read_rows(path, raw.decode("utf-8"), spec.dataset_path)
+    rows = _read_rows(path, raw.decode("utf-8"), spec.dataset_path, spec.dataset_kwargs)
     digest = hashlib.sha256(raw)
     if spec.labels_file:
         lpath = _resolve(spec.labels_file, data_dir)
@@ -172,6 +194,7 @@ def load_docs(
             raise BadInput(f"{lpath}: {len(labels)} labels for {len(rows)} documents in {path}.")
         rows = [dict(r, label=lab) for r, lab in zip(rows, labels, strict=True)]
         digest.update(lraw)
+    rows = _process(spec, rows)
     if not rows:
         raise BadInput(f"Task '{spec.task}': {path} holds no documents.")
     rows = rows[:limit] if limit else rows
@@ -179,13 +202,48 @@ def load_docs(
     return TaskData(items=items, location=str(path), sha256=digest.hexdigest())
 
 
+READERS = ("json", "csv", "tsv", "text", "hellaswag_txt")
+
+
+def _process(spec: TaskSpec, rows: list[dict]) -> list[dict]:
+    fn = function_name(spec.process_docs)
+    if fn is not None:
+        return [FUNCTIONS[fn](d) for d in rows]  # type: ignore[misc]
+    try:
+        return process(spec.process_docs, rows)
+    except KeyError as e:
+        raise BadInput(
+            f"Task '{spec.task}': process_docs {spec.process_docs} needs the field {e} in every "
+            "document."
+        ) from None
+
+
 def _item(spec: TaskSpec, i: int, doc: dict) -> Item:
-    doc = process(spec.process_docs, doc)
     where = f"task '{spec.task}', document {i}"
-    context = str(render(spec.doc_to_text, doc, f"{where}: doc_to_text"))
+    text = render(spec.doc_to_text, doc, f"{where}: doc_to_text")
+    target = render(spec.doc_to_target, doc, f"{where}: doc_to_target")
+    kind = spec.output_type
+    if kind == "loglikelihood":
+        return Item(i, str(text), [], 0, shared_target=str(target))
+    if kind == "loglikelihood_rolling":
+        count = render(spec.process_results, doc, where) if spec.process_results else target
+        return Item(i, "", [], 0, shared_target=str(target), count_text=str(count))
+    if kind == "embedding_similarity":
+        pair = render(spec.doc_to_text_pair, doc, f"{where}: doc_to_text_pair")
+        return Item(i, str(text), [], 0, pair=str(pair), score=_score(target, where))
     choices = render(spec.doc_to_choice, doc, f"{where}: doc_to_choice")
     if not isinstance(choices, list) or not choices:
         raise BadInput(f"{where}: doc_to_choice gave {choices!r}, expected a non-empty list.")
     choices = [str(c) for c in choices]
-    gold = _gold(render(spec.doc_to_target, doc, f"{where}: doc_to_target"), choices, where)
-    return Item(index=i, context=context, choices=choices, gold=gold)
+    if isinstance(text, int):  # lm-eval: an int doc_to_text = the gold of alternative contexts
+        gold = _gold(text, choices, where)
+        return Item(i, "", choices, gold, shared_target=str(target))
+    gold = _gold(target, choices, where)
+    return Item(index=i, context=str(text), choices=choices, gold=gold)
+
+
+def _score(target: Any, where: str) -> float:
+    try:
+        return float(target)
+    except (TypeError, ValueError):
+        raise BadInput(f"{where}: doc_to_target gave {target!r}, expected a number.") from None

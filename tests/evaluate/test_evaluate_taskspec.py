@@ -101,7 +101,10 @@ def test_nested_fields_letters_fixed_lists_bools_and_a_labels_file(tmp_path):
     ("extra", "expected"),
     [
         ("doc_to_txt: x\n", "doc_to_txt: unknown key (did you mean 'doc_to_text'?)"),
-        ("process_results: !!str f\n", "compress does not run: process_results"),
+        ("process_results: !!str f\n", "compress does not run process_results 'f'"),
+        ("process_results: !function my.fn\n", "'!function my.fn' is not a compress built-in"),
+        ("metric_list: [{metric: perplexity}]\n", "metric_list.0: 'perplexity' is not computed"),
+        ("output_type: embedding_similarity\n", "doc_to_text_pair: required"),
         ("filter_list: []\n", "compress does not run: filter_list"),
         ("process_docs: '!function utils.process'\n", "process_docs must name a built-in"),
         ("num_fewshot: 5\n", "num_fewshot"),
