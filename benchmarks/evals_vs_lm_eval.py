@@ -136,6 +136,8 @@ def compare(args, model: Path, work: Path) -> list[dict]:
     lm_names = lm_eval_specs(include, args.data_dir, args.hellaswag)
     rows = []
     for name, lm_name in zip(TASKS, lm_names, strict=True):
+        if args.tasks and name not in args.tasks.split(","):
+            continue
         limit = args.smoke or (args.hellaswag if name == "hellaswag" else None)
         ours_wall, ours = run_ours(model, name, args.data_dir, work / f"ours_{name}.json", limit)
         lm_wall, theirs, lm_items = run_lm_eval(
@@ -189,14 +191,45 @@ def baselines(args, work: Path) -> list[dict]:
     return out
 
 
+def markdown(result: dict) -> str:
+    """The side-by-side table (and the baselines) as README shows them."""
+    lines = [f"Host: {result['host']}; batch {result['batch_size']}; each task in fresh "
+             "processes; wall = whole process (imports, model load, scoring).", "",
+             "| task | items | metric | compress | lm-eval | items that differ | wall compress "
+             "| wall lm-eval | wall ratio |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in result.get("compare", []):
+        for metric in ACC_METRICS[r["task"]]:
+            ours, theirs = r[f"ours_{metric}"], r[f"lm_eval_{metric}"]
+            fmt = "{:.4f}" if metric != "perplexity" else "{:.3f}"
+            lines.append(
+                f"| {r['task']} | {r['items']} | {metric} | {fmt.format(ours)} | "
+                f"{fmt.format(theirs)} | {r['n_items_acc_differs'] if metric == 'acc' else ''} "
+                f"| {r['ours_wall_s']:.0f} s | {r['lm_eval_wall_s']:.0f} s | "
+                f"{r['wall_ratio']:.2f}x |"
+            )
+    if result.get("compare"):
+        ours = sum(r["ours_wall_s"] for r in result["compare"])
+        theirs = sum(r["lm_eval_wall_s"] for r in result["compare"])
+        lines.append(f"| all | | | | | | {ours:.0f} s | {theirs:.0f} s | {ours / theirs:.2f}x |")
+    if result.get("baselines"):
+        lines += ["", "| model | metric | value | 95% CI | n |", "|---|---|---|---|---|"]
+        for b in result["baselines"]:
+            lo, hi = b["ci95"]
+            lines.append(f"| {b['model']} | {b['metric']} | {b['value']:.4f} | "
+                         f"[{lo:.4f}, {hi:.4f}] | {b['n']} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, default=(REPO / ".." / "shared" / "data").resolve())
     ap.add_argument("--hellaswag", type=int, default=1000, help="fixed subset: the first N")
     ap.add_argument("--lm-eval", default="/work/lmeval_venv/bin/lm_eval")
     ap.add_argument("--wikitext-max-length", type=int, default=2048)
+    ap.add_argument("--wikitext-articles", type=int, default=10, help="baselines: first N")
     ap.add_argument("--out", type=Path, default=REPO / "reports" / "benchmarks" / "evals")
     ap.add_argument("--skip-compare", action="store_true")
+    ap.add_argument("--tasks", default="", help="compare only these (comma-separated)")
     ap.add_argument("--skip-baselines", action="store_true")
     ap.add_argument(
         "--smoke", type=int, default=None, help="first N items of every task (a dry run)"
@@ -205,7 +238,9 @@ def main() -> None:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     result = {"host": _host(), "python": platform.python_version(), "started": stamp,
               "targets": {"accuracy_points": TARGET_POINTS, "wall_ratio": TARGET_WALL},
-              "hellaswag_items": args.hellaswag, "batch_size": 8}  # fmt: skip
+              "hellaswag_items": args.hellaswag, "batch_size": 8,
+              "wikitext_articles": args.wikitext_articles,
+              "wikitext_max_length": args.wikitext_max_length}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if not args.skip_compare:
@@ -216,6 +251,8 @@ def main() -> None:
     dest = args.out / stamp
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "evals_vs_lm_eval.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    (dest / "evals_vs_lm_eval.md").write_text(markdown(result), encoding="utf-8")
+    print(markdown(result))
     print(f"written {dest / 'evals_vs_lm_eval.json'}")
 
 

@@ -199,6 +199,12 @@ def direction_problem(kind: str, metric: str, info: Metric) -> str | None:
     """Why a `kind` threshold contradicts `metric`'s direction, or None if it does not."""
     if kind not in _DIRECTIONAL:
         return None  # max_value / min_value: absolute bounds make sense either way
+    if info.relative:
+        return (
+            f"'{kind}' compares the variant with the baseline, but {metric} is already a "
+            "divergence from the baseline (the baseline has no value of it); use max_value "
+            "or min_value"
+        )
     wants_higher, means = _DIRECTIONAL[kind]
     if info.higher_is_better == wants_higher:
         return None

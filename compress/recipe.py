@@ -60,7 +60,11 @@ class EvalConfig(Strict):
     )
     task_limit: int | None = Field(None, ge=1, description="score only the first N items a task")
     quick_task_limit: int = Field(200, ge=1, description="task_limit under --quick")
-    batch_size: int = Field(8, ge=1, description="requests per forward when scoring tasks")
+    batch_size: int = Field(8, ge=1, description="sequences per forward when scoring tasks")
+    max_length: int | None = Field(
+        None, ge=2, description="task context limit in tokens (default: the model's, as lm-eval)"
+    )
+    cache: bool = Field(True, description="reuse the baseline's cached task results")
     include_path: list[str] = Field([], description="folders of your own task YAMLs")
     data_dir: str | None = Field(None, description="folder with local copies of the eval data")
 

@@ -189,6 +189,7 @@ def evaluate(st: RunState) -> None:
         device=st.device,
         kld=ev.kld is not None and ev.kld.enabled,
         progress=st.progress,
+        seed=st.recipe.seed,
     )
     st.base_ms += res["baseline"]
     nll_base = res["baseline_per_window"]
@@ -212,7 +213,7 @@ def _evaluate_tasks(st: RunState) -> None:
             res = run_task(
                 ls, models, st.base.tokenizer, data_dir=st.data_dir, limit=limit,
                 batch_size=ev.batch_size, device=st.device, progress=st.progress,
-                seed=st.recipe.seed,
+                seed=st.recipe.seed, max_length=ev.max_length, cache=ev.cache,
             )  # fmt: skip
         st.base_ms += res["measurements"]["baseline"]
         for v in st.variants:
@@ -227,6 +228,7 @@ def _evaluate_tasks(st: RunState) -> None:
                 "spec_sha256": res["spec_sha256"],
                 "items": res["items"],
                 "seconds": res["seconds"],
+                **({"cached": res["cached"]} if res["cached"] else {}),
             }
         )
 

@@ -11,8 +11,9 @@ from compress.metrics import KNOWN_METRICS as METRICS_TABLE
 from compress.metrics import Metric, direction_problem, metric_info
 from compress.recipe import KNOWN_METRICS, Gate, load_recipe, parse_gates, parse_recipe
 
-HIGHER = sorted(n for n, m in KNOWN_METRICS.items() if m.higher_is_better)
-LOWER = sorted(n for n, m in KNOWN_METRICS.items() if not m.higher_is_better)
+HIGHER = sorted(n for n, m in KNOWN_METRICS.items() if m.higher_is_better and not m.relative)
+LOWER = sorted(n for n, m in KNOWN_METRICS.items() if not m.higher_is_better and not m.relative)
+RELATIVE = sorted(n for n, m in KNOWN_METRICS.items() if m.relative)
 WRONG_FOR_HIGHER = ("max_relative_increase", "max_increase", "max_ratio")
 RIGHT_FOR_HIGHER = ("min_ratio", "max_value", "min_value")
 WRONG_FOR_LOWER = ("min_ratio",)
@@ -122,9 +123,19 @@ def test_unknown_metric_names_and_suffixes_refused(name, expected):
 
 def test_gates_file_refuses_a_wrong_direction(tmp_path):
     p = tmp_path / "g.yaml"
-    p.write_text(yaml.safe_dump({"gates": [{"metric": "kld.mean", "min_ratio": 0.5}]}))
-    with pytest.raises(BadInput, match=r"gates\.0: 'min_ratio'.*kld\.mean is lower-is-better"):
+    p.write_text(yaml.safe_dump({"gates": [{"metric": "wikitext2.nll", "min_ratio": 0.5}]}))
+    with pytest.raises(BadInput, match=r"gates\.0: 'min_ratio'.*wikitext2\.nll is lower-is-better"):
         parse_gates(p)
+
+
+@pytest.mark.parametrize("metric", RELATIVE)
+def test_divergences_take_only_absolute_bounds(metric):
+    assert metric.startswith("kld.")
+    for kind in ("min_ratio", "max_ratio", "max_relative_increase", "max_increase"):
+        with pytest.raises(BadInput, match="already a divergence from the baseline"):
+            parse_recipe(_recipe(gates=[{"metric": metric, kind: 0.5}]))
+    gate = parse_recipe(_recipe(gates=[{"metric": metric, "max_value": 0.5}])).gates[0]
+    assert gate.kind == "max_value"
 
 
 # -- model: -------------------------------------------------------------------------------

@@ -235,11 +235,22 @@ def _item(spec: TaskSpec, i: int, doc: dict) -> Item:
     if not isinstance(choices, list) or not choices:
         raise BadInput(f"{where}: doc_to_choice gave {choices!r}, expected a non-empty list.")
     choices = [str(c) for c in choices]
+    templated = isinstance(spec.doc_to_text, str) and not _is_field(doc, spec.doc_to_text)
+    if templated and isinstance(text, str) and text.isdigit():
+        text = int(text)  # lm-eval: a template rendering digits is an index when choices exist
     if isinstance(text, int):  # lm-eval: an int doc_to_text = the gold of alternative contexts
         gold = _gold(text, choices, where)
         return Item(i, "", choices, gold, shared_target=str(target))
     gold = _gold(target, choices, where)
     return Item(index=i, context=str(text), choices=choices, gold=gold)
+
+
+def _is_field(doc: dict, name: str) -> bool:
+    try:
+        _field(doc, name)
+    except KeyError:
+        return False
+    return True
 
 
 def _score(target: Any, where: str) -> float:

@@ -326,5 +326,6 @@ def test_gate_on_kld_p99_is_decided_by_its_bootstrap_interval(model, perturbed):
         assert r.status == status and r.interval == [lo, hi], (threshold, r)
     (r,) = check([Gate(metric="kld.max", max_value=1e9)], comps, comp)
     assert r.status == "inconclusive" and "no 95% interval" in r.explanation
-    with pytest.raises(ValueError, match="lower-is-better"):
-        Gate(metric="kld.p99", min_ratio=0.5)
+    for kind in ("min_ratio", "max_ratio", "max_relative_increase"):  # no baseline value
+        with pytest.raises(ValueError, match="already a divergence from the baseline"):
+            Gate(metric="kld.p99", **{kind: 0.5})
