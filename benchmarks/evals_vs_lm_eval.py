@@ -227,6 +227,7 @@ def main() -> None:
     ap.add_argument("--lm-eval", default="/work/lmeval_venv/bin/lm_eval")
     ap.add_argument("--wikitext-max-length", type=int, default=2048)
     ap.add_argument("--wikitext-articles", type=int, default=10, help="baselines: first N")
+    ap.add_argument("--baseline-limit", type=int, default=500, help="baselines: first N items")
     ap.add_argument("--out", type=Path, default=REPO / "reports" / "benchmarks" / "evals")
     ap.add_argument("--skip-compare", action="store_true")
     ap.add_argument("--tasks", default="", help="compare only these (comma-separated)")
@@ -240,6 +241,7 @@ def main() -> None:
               "targets": {"accuracy_points": TARGET_POINTS, "wall_ratio": TARGET_WALL},
               "hellaswag_items": args.hellaswag, "batch_size": 8,
               "wikitext_articles": args.wikitext_articles,
+              "baseline_limit": args.baseline_limit,
               "wikitext_max_length": args.wikitext_max_length}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
