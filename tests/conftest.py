@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# eval results cached by tests never land in (or come from) the user's ~/.cache
+os.environ.setdefault("COMPRESS_EVAL_CACHE", tempfile.mkdtemp(prefix="compress-eval-cache-"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("COMPRESS_DATA_DIR") or REPO.parent / "shared" / "data")

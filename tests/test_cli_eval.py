@@ -18,6 +18,10 @@ def _task(tmp_path):
         "task: tiny_task\ndataset_path: json\ndataset_kwargs: {data_files: t.jsonl}\n"
         "doc_to_text: '{{q}}'\ndoc_to_target: label\ndoc_to_choice: '{{[a, b]}}'\n"
     )
+    (tasks / "lm.yaml").write_text(
+        "task: tiny_lm\ndataset_path: json\ndataset_kwargs: {data_files: t.jsonl}\n"
+        "output_type: loglikelihood\ndoc_to_text: '{{q}} is'\ndoc_to_target: '{{\" \" + a}}'\n"
+    )
     return tasks, data
 
 
@@ -67,12 +71,15 @@ def test_a_recipe_gates_on_a_task_metric_compared_item_by_item(
         stages=[{"method": "rtn", "bits": 8}],
         eval={
             "wikitext2": {"seq_len": 64, "max_windows": 2, "quick_windows": 2},
-            "tasks": ["tiny_task"],
+            "tasks": ["tiny_task", "tiny_lm"],
             "include_path": [str(tasks)],
             "batch_size": 3,
         },
         profile={"enabled": False},
-        gates=[{"metric": "tiny_task.acc", "min_ratio": 0.5}],
+        gates=[
+            {"metric": "tiny_task.acc", "min_ratio": 0.5},
+            {"metric": "tiny_lm.perplexity", "max_ratio": 5.0},
+        ],
     )
     out = tmp_path / "reports"
     args = ("--out", out, "--quick", "--data-dir", data, "--no-progress")
@@ -84,7 +91,11 @@ def test_a_recipe_gates_on_a_task_metric_compared_item_by_item(
     c = next(x for x in v["comparisons"] if x["metric"] == "tiny_task.acc")
     assert c["paired"] and c["scale"] == "bootstrap" and c["n"] == 6
     assert set(c["flips"]) == {"lost", "gained"} and c["p_value"] is not None
-    assert v["gates"][0]["metric"] == "tiny_task.acc"
+    assert [g["metric"] for g in v["gates"]] == ["tiny_task.acc", "tiny_lm.perplexity"]
+    ppl = next(x for x in v["comparisons"] if x["metric"] == "tiny_lm.perplexity")
+    assert ppl["paired"] and ppl["higher_is_better"] is False and ppl["flips"] is None
+    assert ppl["ratio_ci95"][0] <= ppl["ratio"] <= ppl["ratio_ci95"][1]
+    assert v["gates"][1]["status"] in ("pass", "fail", "inconclusive")
     task_data = next(d for d in rep["data"] if d["name"] == "task tiny_task")
     assert task_data["items"] == 6 and len(task_data["spec_sha256"]) == 64
     md = (run_dir / "report.md").read_text()

@@ -325,3 +325,10 @@ def test_choices_that_start_alike_share_their_tokens_and_score_as_alone():
     got = [x for x, _ in loglikelihoods(model, reqs, batch_size=2)]
     oracle = [_direct_ll(model, list(r.context), list(r.cont)) for r in reqs]
     assert np.allclose(got, oracle, atol=1e-4)
+
+
+def test_a_short_csv_row_names_its_file_and_line(tmp_path):
+    (tmp_path / "sts.tsv").write_text("1\ta\tb\n2\tonly-two\n", encoding="utf-8")
+    (ls,) = get_specs(["sts"], [_write(tmp_path / "t", "s.yaml", STS)])
+    with pytest.raises(BadInput, match=r"sts\.tsv, line 2: 3 columns expected"):
+        load_docs(ls.spec, tmp_path)
