@@ -167,7 +167,8 @@ def baselines(args, work: Path) -> list[dict]:
             ("minilm-l6", ["sts_b"])]  # fmt: skip
     for alias, tasks in jobs:
         for task in tasks:
-            limit = args.hellaswag if task == "hellaswag" else None
+            limit = {"hellaswag": args.hellaswag, "wikitext2": args.wikitext_articles}.get(task)
+            limit = min(limit or args.baseline_limit, args.baseline_limit)
             cmd_extra = (
                 ["--max-length", str(args.wikitext_max_length)] if task == "wikitext2" else []
             )
