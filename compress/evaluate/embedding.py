@@ -47,7 +47,6 @@ def embed(
     """[len(texts), dim] L2-normalised mean-pooled embeddings (length-sorted batches)."""
     limit = max_seq_length(tokenizer)
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-    out = torch.empty(0)
     parts: dict[int, torch.Tensor] = {}
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
@@ -63,8 +62,7 @@ def embed(
             parts[i] = row
         if progress:
             progress(len(idx))
-    out = torch.stack([parts[i] for i in range(len(texts))]) if texts else out
-    return out
+    return torch.stack([parts[i] for i in range(len(texts))]) if texts else torch.empty(0)
 
 
 def cosines(model: nn.Module, tokenizer: Any, a: list[str], b: list[str], **kw: Any) -> list[float]:

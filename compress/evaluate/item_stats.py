@@ -144,18 +144,22 @@ def task_comparison(base: dict, comp: dict, pair: dict) -> Any:
     )
 
 
-#: perplexity-like statistics of total NLL / total weight: (unit, transform of that ratio)
+#: perplexity-like statistics of total NLL / total weight: (unit, transform of that ratio);
+#: the transforms take floats and numpy arrays alike
 RATIO_STATS = {
-    "perplexity": ("ppl", math.exp),
-    "word_perplexity": ("ppl", math.exp),
-    "byte_perplexity": ("ppl", math.exp),
+    "perplexity": ("ppl", np.exp),
+    "word_perplexity": ("ppl", np.exp),
+    "byte_perplexity": ("ppl", np.exp),
     "bits_per_byte": ("bits/byte", lambda x: x / math.log(2)),
 }
 
 
-def _ratio_boot(nll: np.ndarray, w: np.ndarray, idx: np.ndarray, metric: str) -> np.ndarray:
-    x = nll[idx].sum(axis=1) / w[idx].sum(axis=1)
-    return np.exp(x) if RATIO_STATS[metric][1] is math.exp else x / math.log(2)
+def _ratio_stat(metric: str, nll: np.ndarray, w: np.ndarray, idx: np.ndarray | None = None):
+    """The statistic on all items, or on each bootstrap resample (rows of `idx`)."""
+    fn = RATIO_STATS[metric][1]
+    if idx is None:
+        return float(fn(nll.sum() / w.sum()))
+    return fn(nll[idx].sum(axis=1) / w[idx].sum(axis=1))
 
 
 def ratio_measurement(
@@ -164,15 +168,14 @@ def ratio_measurement(
     """A perplexity-like figure = transform(sum NLL / sum weights) over items, with a seeded
     bootstrap percentile interval over items and the bootstrap standard error."""
     a, w = np.asarray(nll, dtype=float), np.asarray(weights, dtype=float)
-    unit, fn = RATIO_STATS[metric]
-    value = fn(float(a.sum() / w.sum()))
+    value = _ratio_stat(metric, a, w)
     idx = np.random.default_rng(seed).integers(0, a.size, size=(BOOTSTRAP_RESAMPLES, a.size))
-    boots = _ratio_boot(a, w, idx, metric)
+    boots = _ratio_stat(metric, a, w, idx)
     lo, hi = np.percentile(boots, [2.5, 97.5])
     return {
         "name": name,
         "value": value,
-        "unit": unit,
+        "unit": RATIO_STATS[metric][0],
         "higher_is_better": False,
         "n": int(a.size),
         "stderr": float(boots.std(ddof=1)) if a.size > 1 else None,
@@ -192,10 +195,9 @@ def paired_ratio(
     paired bootstrap percentile intervals (items resampled jointly, seeded)."""
     b, c = np.asarray(base_nll, dtype=float), np.asarray(comp_nll, dtype=float)
     w = np.asarray(weights, dtype=float)
-    fn = RATIO_STATS[metric][1]
-    vb, vc = fn(float(b.sum() / w.sum())), fn(float(c.sum() / w.sum()))
+    vb, vc = _ratio_stat(metric, b, w), _ratio_stat(metric, c, w)
     idx = np.random.default_rng(seed).integers(0, b.size, size=(BOOTSTRAP_RESAMPLES, b.size))
-    bb, bc = _ratio_boot(b, w, idx, metric), _ratio_boot(c, w, idx, metric)
+    bb, bc = _ratio_stat(metric, b, w, idx), _ratio_stat(metric, c, w, idx)
     d_lo, d_hi = np.percentile(bc - bb, [2.5, 97.5])
     r_lo, r_hi = np.percentile(bc / bb, [2.5, 97.5])
     return {

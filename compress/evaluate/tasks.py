@@ -95,14 +95,18 @@ _WEIGHTS = {"perplexity": None, "word_perplexity": "words", "byte_perplexity": "
             "bits_per_byte": "bytes"}  # fmt: skip
 
 
+def _weights(metric: str, per: dict) -> list[float]:
+    key = _WEIGHTS[metric]
+    return per[key] if key else [1.0] * len(per["nll"])
+
+
 def _measure(spec: TaskSpec, metric: str, per: dict, items: list, how: str, seed: int) -> dict:
     from compress.evaluate.embedding import correlation_measurement
     from compress.evaluate.item_stats import accuracy_measurement, ratio_measurement
 
     name = f"{spec.task}.{metric}"
     if metric in _WEIGHTS:
-        w = per[_WEIGHTS[metric]] if _WEIGHTS[metric] else [1.0] * len(per["nll"])
-        return ratio_measurement(name, metric, per["nll"], w, how, seed)
+        return ratio_measurement(name, metric, per["nll"], _weights(metric, per), how, seed)
     if metric in ("spearman", "pearson"):
         gold = [it.score for it in items]
         return correlation_measurement(name, metric, per["sims"], gold, how, seed)
@@ -114,8 +118,7 @@ def _pair(metric: str, base: dict, comp: dict, items: list, seed: int) -> dict:
     from compress.evaluate.item_stats import paired_accuracy, paired_ratio
 
     if metric in _WEIGHTS:
-        w = base[_WEIGHTS[metric]] if _WEIGHTS[metric] else [1.0] * len(base["nll"])
-        return paired_ratio(metric, base["nll"], comp["nll"], w, seed)
+        return paired_ratio(metric, base["nll"], comp["nll"], _weights(metric, base), seed)
     if metric in ("spearman", "pearson"):
         gold = [it.score for it in items]
         return paired_correlation(metric, base["sims"], comp["sims"], gold, seed)
