@@ -19,7 +19,6 @@ from rich.table import Table
 from compress.errors import (
     EXIT_BAD_INPUT,
     EXIT_INTERNAL,
-    BadInput,
     CompressError,
     Interrupted,
     exit_code_for,
@@ -43,6 +42,8 @@ _state = {"debug": False}
 @app.callback()
 def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs.")):
     _state["debug"] = debug
+    _fit_width(out)
+    _fit_width(err)
     from rich.logging import RichHandler
 
     logging.basicConfig(
@@ -52,6 +53,17 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and
     )
     for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "datasets", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+#: the width of tables when the output is a CI log or a file: wide enough for full metric names
+_PLAIN_WIDTH = 200
+
+
+def _fit_width(console: Console) -> None:
+    """Off a terminal (a CI log, a pipe) rich would cut tables to 80 columns and metric names
+    to 'decode.t…'; there it uses COLUMNS if set, else _PLAIN_WIDTH."""
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console.width = _PLAIN_WIDTH
 
 
 def _fail(e: BaseException) -> None:
@@ -117,11 +129,26 @@ def apply(
         None, "--data-dir", help="Local eval data (else $COMPRESS_DATA_DIR, hub)."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
+    junit: Path | None = typer.Option(
+        None, "--junit", help="Write JUnit XML: one test case per gate per variant."
+    ),
+    summary_md: Path | None = typer.Option(
+        None, "--summary-md", help="Write a short link-free Markdown summary (a PR comment)."
+    ),
+    inconclusive_as: str | None = typer.Option(
+        None,
+        "--inconclusive-as",
+        help="CI policy for inconclusive gates: fail (exit 1) or pass (exit 0); default exit 3.",
+    ),
 ) -> None:
     """Compress, evaluate, profile, report and gate: the whole recipe in one pass."""
     if not progress:
         os.environ["TQDM_DISABLE"] = "1"  # also silences bars inside libraries and workers
     try:
+        from compress.report.ci_outputs import check_policy, check_writable
+
+        policy = check_policy(inconclusive_as)
+        check_writable(junit, summary_md)  # before hours of work, not after
         r, text = _read_recipe(recipe)
         from compress.pipeline import apply as run_apply
 
@@ -143,10 +170,18 @@ def apply(
     _print_summary(report)
     models_at = ", ".join(str(v.record.model.get("spec")) for v in report.variants)
     out.print(
-        f"\nreport: [bold]{run_dir / 'report.md'}[/]  (json: {run_dir / 'report.json'}, "
+        f"\nreport: [bold]{run_dir / 'report.md'}[/]  (html: {run_dir / 'report.html'}, "
+        f"json: {run_dir / 'report.json'}, "
         f"model{'s' if len(report.variants) > 1 else ''}: {models_at})"
     )
-    raise typer.Exit(report.exit_code)
+    try:
+        from compress.cli_report import emit_gate_outputs
+
+        results = {v.name: v.gates for v in report.variants if not v.control}
+        code = emit_gate_outputs(report, results, report.exit_code, junit, summary_md, policy)
+    except BaseException as e:  # noqa: BLE001 - e.g. the folder vanished during the run
+        _fail(e)
+    raise typer.Exit(code)
 
 
 def _print_summary(report) -> None:
@@ -157,7 +192,7 @@ def _print_summary(report) -> None:
     one = len(vs) == 1
     title = "baseline vs compressed" if one else f"baseline vs {len(vs)} variants (ratios)"
     t = Table(title=f"{report.recipe['name']}: {title}", show_lines=False)
-    t.add_column("metric", no_wrap=True)
+    t.add_column("metric", overflow="fold")  # a narrow terminal folds names, never cuts them
     for col in ("unit", "better", "baseline") if one else ("better", "baseline"):
         t.add_column(col)
     for v in vs:
@@ -206,7 +241,7 @@ def _print_gates(gates, code: int, title: str = "gates") -> None:
         return
     t = Table(title=title)
     for col in ("metric", "rule", "threshold", "observed", "status"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")
     color = {"pass": "green", "fail": "red", "inconclusive": "yellow"}
     for g in gates:
         obs = "n/a" if g.observed is None else f"{g.observed:.4g}"
@@ -273,80 +308,6 @@ def models(
         _fail(e)
 
 
-def _load_report(path: Path):
-    from pydantic import ValidationError
-
-    from compress.report.schema import parse_report
-
-    p = path / "report.json" if path.is_dir() else path
-    if not p.is_file():
-        raise BadInput(f"No report at '{p}'.", fix="Pass a run folder or its report.json.")
-    try:
-        return parse_report(p.read_text(encoding="utf-8")), p
-    except ValidationError as e:
-        raise BadInput(
-            f"'{p}' is not a compress report this version reads: "
-            f"{e.errors()[0]['loc']}: {e.errors()[0]['msg']}."
-        ) from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadInput(f"'{p}' is not a report this version reads: {e}.") from None
-
-
-@app.command()
-def report(run_dir: Path = typer.Argument(..., help="A run folder (or its report.json)")) -> None:
-    """Re-render a saved run's report.md from its report.json and print it."""
-    try:
-        from compress.report.markdown import render
-
-        rep, _ = _load_report(run_dir)
-        out.print(render(rep), markup=False, highlight=False)
-    except BaseException as e:  # noqa: BLE001
-        if isinstance(e, typer.Exit):
-            raise
-        _fail(e)
-
-
-@app.command()
-def gate(
-    report_json: Path = typer.Argument(..., help="report.json (or its run folder)"),
-    gates: Path | None = typer.Option(
-        None, "--gates", help="YAML with `gates:` (else the recipe's)"
-    ),
-) -> None:
-    """Re-check a saved report against gates; exit 0 pass, 1 fail, 3 inconclusive, 2 bad input.
-    Each variant that is not a control is checked; the exit code is the worst."""
-    try:
-        from compress.gate import check, exit_code
-        from compress.recipe import parse_gates, parse_recipe
-
-        rep, where = _load_report(report_json)
-        recipe = parse_recipe(
-            {k: v for k, v in rep.recipe.items() if not k.startswith("_")},
-            source=f"{where} (its recipe)",
-        )
-        extra = parse_gates(gates) if gates else None
-        specs = {v.name: v for v in recipe.variant_list}
-        results = {}
-        for v in rep.variants:
-            spec = specs.get(v.name)
-            if extra is not None:
-                gate_list = [] if v.control else extra
-            else:
-                gate_list = recipe.gates_for(spec) if spec else recipe.gates
-            results[v.name] = check(gate_list, v.comparisons, v.record)
-        code = exit_code([g for rs in results.values() for g in rs])
-    except BaseException as e:  # noqa: BLE001
-        if isinstance(e, typer.Exit):
-            raise
-        _fail(e)
-    for name, rs in results.items():
-        title = "gates" if len(results) == 1 else f"gates: {name}"
-        _print_gates(rs, exit_code(rs), title=title)
-    if len(results) > 1:
-        out.print(f"exit code {code} (the worst of the variants')")
-    raise typer.Exit(code)
-
-
 @app.command()
 def schema(
     what: str = typer.Argument("recipe", help="recipe or report"),
@@ -365,7 +326,7 @@ def schema(
         raise typer.Exit(EXIT_BAD_INPUT)
 
 
-from compress import cli_eval  # noqa: E402,F401 - registers `evals` and `eval` on the app
+from compress import cli_eval, cli_report  # noqa: E402,F401 - register their commands on the app
 
 
 def main() -> None:

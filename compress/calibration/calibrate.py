@@ -253,7 +253,7 @@ def sequential(
     desc: str = "calibrate",
 ) -> list[dict]:
     """Walk the decoder layer by layer (see module docstring). Returns on_layer's records."""
-    from tqdm.auto import tqdm
+    from compress.progress import tqdm
 
     prefix, layers = decoder_layers(model)
     chunks = list(calib.input_ids.split(batch_size))

@@ -81,7 +81,7 @@ def evaluate_many(
     baseline logits are computed once and compared with every variant's. With `kld`, each
     window also leaves per-token KL and top-1 arrays (`per_token`), summarised into the
     token-level divergence figures (bootstrap over windows seeded with `seed`)."""
-    from tqdm.auto import tqdm
+    from compress.progress import tqdm
 
     base_nll: list[float] = []
     per: dict[str, dict[str, list[float]]] = {k: {} for k in variants}

@@ -55,10 +55,9 @@ def _requests(spec: TaskSpec, items: list, model: nn.Module, tokenizer: Any, max
 
 def _score(model, spec, items, requests, tokenizer, opts: dict, desc: str) -> list:
     """Raw results of one model: [ll, greedy] per request, or a cosine per pair."""
-    from tqdm.auto import tqdm
-
     from compress.evaluate.embedding import cosines
     from compress.evaluate.scoring import loglikelihoods
+    from compress.progress import tqdm
 
     total = 2 * len(items) if requests is None else len(requests)
     with tqdm(total=total, desc=desc, disable=not opts["progress"]) as bar:

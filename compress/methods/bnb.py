@@ -87,8 +87,8 @@ def _convert(
     """Swap each chosen Linear for a BnbLinear and cast the float parts to compute_dtype;
     (notes, layer count per layout, weights quantized)."""
     import torch
-    from tqdm.auto import tqdm
 
+    from compress.progress import tqdm
     from compress.quant.bnb import BnbLinear
     from compress.targets import cast_float_parts, set_module
 

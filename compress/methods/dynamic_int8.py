@@ -25,9 +25,9 @@ class DynamicInt8Config(StageBase):
 def apply(ctx: StageContext, cfg: DynamicInt8Config) -> StageRecord:
     handle = ctx.model
     import torch
-    from tqdm.auto import tqdm
 
     from compress.errors import BadInput
+    from compress.progress import tqdm
     from compress.quant.dynamic import DynamicInt8Linear
     from compress.targets import cast_float_parts, linears, set_module
 

@@ -49,10 +49,10 @@ def _tied_embedding(model, lm_head):
 def apply(ctx: StageContext, cfg: RTNConfig) -> StageRecord:
     handle = ctx.model
     import torch
-    from tqdm.auto import tqdm
 
     from compress.errors import ReleaseFailed
     from compress.numerics.grid import as_int4, container_notes, quantize
+    from compress.progress import tqdm
     from compress.quant.modules import (
         Int4Linear,
         Int8Embedding,

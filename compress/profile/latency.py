@@ -154,7 +154,8 @@ def profile_generation(
     energy.joules_per_token. `greedy_ids` are the `new_tokens` ids of row 0, first timed repeat.
     """
     import torch
-    from tqdm.auto import tqdm
+
+    from compress.progress import tqdm
 
     _check_generation(model, prompt_tokens, new_tokens, repeats)
     cuda = torch.device(device).type == "cuda"

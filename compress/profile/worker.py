@@ -28,6 +28,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from compress import progress
 from compress.errors import CompressError, StageFailed, from_worker_error
 
 if TYPE_CHECKING:
@@ -87,6 +88,7 @@ def profile_in_subprocess(
     }
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+    env[progress.MODE_ENV] = progress.mode()  # the child's stderr is a pipe: use ours
     cmd = [sys.executable, "-m", "compress.profile.worker"]
     log.info("profiling '%s' in a fresh process (%s, %s)", model_spec, dtype, device)
     proc = subprocess.Popen(
