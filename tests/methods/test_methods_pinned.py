@@ -4,8 +4,14 @@ tests/data/pin_methods.py from the code before the stage-contract change, issue 
 
 Bit-identical where the host has the CPU features the pins were made on. The calibrated
 solves run float matmuls whose last bits depend on the vector unit, so on another kind of
-host the check is that the same tensors come out with at most 1% of their elements moved,
-by float rounding: a changed algorithm moves far more.
+host the check is that the same tensors come out with few of their elements moved, by float
+rounding: float values never more than 10% and at most 10% of them beyond 1% relative;
+integer codes (two int4 codes per byte unpacked) never more than one grid step and at most 5%
+of them. GPTQ propagates each rounding flip into the columns after it (and into the group
+scales computed from the updated weights), so on an Intel Xeon without the pins' features
+about 2% of its codes moved by one step and 6% of a layer's scales by 1-5% (measured
+2026-12-01; the earlier 1% limit on every tensor failed there); a changed algorithm moves
+codes by several steps and many more of them.
 """
 
 from __future__ import annotations
@@ -30,11 +36,22 @@ with safe_open(str(DATA / "pinned_methods.safetensors"), "pt") as f:
 SAME_HOST = json.loads(META["cpu_features"]) == cpu_features()
 
 
+def _codes(t: torch.Tensor) -> torch.Tensor:
+    """uint8 tensors hold two int4 codes per byte: compare the codes, not the bytes."""
+    if t.dtype == torch.uint8:
+        return torch.stack([(t & 15).int(), (t >> 4).int()])
+    return t.int()
+
+
 def _moved(a: torch.Tensor, b: torch.Tensor) -> float:
     if a.is_floating_point():
-        close = torch.isclose(a.float(), b.float(), rtol=1e-2, atol=1e-6)
+        rel = (a.float() - b.float()).abs() / (b.float().abs() + 1e-6)
+        assert rel.max() <= 0.1, "a value moved by more than 10%: not float rounding"
+        close = rel <= 1e-2
     else:
-        close = a == b
+        step = (_codes(a) - _codes(b)).abs()
+        assert step.max() <= 1, "a code moved by more than one grid step: not float rounding"
+        close = step == 0
     return 1.0 - close.float().mean().item()
 
 
@@ -48,4 +65,5 @@ def test_method_stores_the_pinned_tensors(name):
         if SAME_HOST:
             assert torch.equal(now[key], ref), key
         else:
-            assert _moved(now[key], ref) <= 0.01, key
+            limit = 0.1 if ref.is_floating_point() else 0.05
+            assert _moved(now[key], ref) <= limit, key
