@@ -4,13 +4,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
 from compress.cli import _fail, _print_gates, app, err, out
-from compress.errors import BadInput
 
 JUNIT = typer.Option(None, "--junit", help="Write JUnit XML: one test case per gate per variant.")
 SUMMARY_MD = typer.Option(
@@ -24,33 +22,9 @@ INCONCLUSIVE_AS = typer.Option(
 
 
 def load_report(path: Path):
-    """A saved report (a run folder or its report.json), any schema this version reads."""
-    from pydantic import ValidationError
+    from compress.report.load import load_report as load
 
-    from compress.report.schema import parse_report
-
-    p = path / "report.json" if path.is_dir() else path
-    if not p.is_file():
-        raise BadInput(f"No report at '{p}'.", fix="Pass a run folder or its report.json.")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadInput(f"'{p}' cannot be read as text: {e}.") from None
-    try:
-        return parse_report(text), p
-    except json.JSONDecodeError as e:
-        raise BadInput(
-            f"'{p}' is truncated or corrupt JSON ({e.msg} at line {e.lineno}, column {e.colno}).",
-            fix="Re-run `compress apply`, or restore the file from the run's artifacts.",
-        ) from None
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        raise BadInput(
-            f"'{p}' is not a compress report this version reads: {where}: {first['msg']}."
-        ) from None
-    except ValueError as e:
-        raise BadInput(f"'{p}' is not a report this version reads: {e}.") from None
+    return load(path)
 
 
 def emit_gate_outputs(report, results, code: int, junit, summary_md, policy) -> int:
@@ -85,7 +59,7 @@ def report(
             from compress.report.io import atomic_write_text
 
             atomic_write_text(html, render_html(rep), overwrite=True)
-        out.print(render(rep), markup=False, highlight=False)
+        out.print(render(rep), markup=False, highlight=False, soft_wrap=True)
         if html is not None:
             err.print(f"html: {html}", highlight=False)
     except BaseException as e:  # noqa: BLE001
@@ -151,7 +125,9 @@ def gate(
 
 @app.command()
 def compare(
-    runs: list[Path] = typer.Argument(..., help="Run folders (or their report.json files)"),
+    runs_arg: list[Path] = typer.Argument(
+        ..., metavar="RUN_DIR...", help="Run folders (or their report.json files)"
+    ),
     html: Path | None = typer.Option(None, "--html", help="Write the HTML page here."),
     md: Path | None = typer.Option(None, "--md", help="Write the Markdown table here."),
     allow_mismatch: bool = typer.Option(
@@ -164,23 +140,18 @@ def compare(
     95% intervals, the Pareto-optimal variants marked. Runs must share the baseline model and
     the eval data, unless --allow-mismatch."""
     try:
-        from compress.report import runs as runs_mod
-        from compress.report.ci_outputs import check_writable
+        from compress.report import compare_page, runs
 
-        check_writable(html, md)
-        loaded = runs_mod.load_runs(runs)
-        warnings = runs_mod.check_compatible(loaded, allow_mismatch=allow_mismatch)
-        rows = runs_mod.build_rows(loaded)
-        md_text = runs_mod.render_markdown(loaded, rows, warnings)
-        html_text = runs_mod.render_html(loaded, rows, warnings) if html else None
-        runs_mod.write_outputs(html, md, html_text, md_text if md else None)
+        loaded = runs.load_runs(runs_arg)
+        warnings = runs.check_compatible(loaded, allow_mismatch=allow_mismatch)
+        rows = runs.build_rows(loaded)
+        md_text = compare_page.render_markdown(loaded, rows, warnings)
+        html_text = compare_page.render_html(loaded, rows, warnings) if html else ""
+        compare_page.write_outputs(html, md, html_text, md_text)
     except BaseException as e:  # noqa: BLE001
         if isinstance(e, typer.Exit):
             raise
         _fail(e)
     for w in warnings:
         err.print(f"[yellow]warning:[/] {w}", highlight=False)
-    out.print(md_text, markup=False, highlight=False)
-    for label, path in (("html", html), ("md", md)):
-        if path is not None:
-            out.print(f"{label}: {path}", highlight=False)
+    out.print(md_text, markup=False, highlight=False, soft_wrap=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 
 from compress import __version__
@@ -13,6 +14,8 @@ from compress.metrics import definitions
 from compress.report.io import atomic_write_text, utc_stamp
 from compress.report.schema import Comparison, Measurement, Report, RunRecord, VariantResult
 from compress.steps import RunState, VariantRun
+
+log = logging.getLogger(__name__)
 
 COST_GROUPS = ("decode.", "prefill.", "memory.", "weights.", "disk.", "energy.", "cost.")
 
@@ -106,11 +109,20 @@ def with_task_comparisons(
 
 
 def write(st: RunState, report: Report) -> None:
-    """report.json and report.md, each written atomically."""
+    """report.json, report.md and report.html, each written atomically, in that order: a
+    page that fails to render costs the page, never the results (the error is logged and the
+    run's exit code stands)."""
+    from compress.report.html import render_html
     from compress.report.markdown import render
 
     atomic_write_text(st.run_dir / "report.json", report.model_dump_json(indent=2))
     atomic_write_text(st.run_dir / "report.md", render(report))
+    try:
+        page = render_html(report)
+    except Exception:  # noqa: BLE001 - the page is a view; report.json holds the results
+        log.exception("report.html could not be rendered; report.json and report.md are whole")
+        return
+    atomic_write_text(st.run_dir / "report.html", page)
 
 
 def cost_basis(comp: ModelHandle, runtime: str | None, policy: dict | None) -> dict:

@@ -139,3 +139,12 @@ def test_report_html_option_writes_the_page(tmp_path):
     res = run("report", INT4, "--html", page)
     assert res.exit_code == 0, res.output
     assert page.read_text().lstrip().lower().startswith("<!doctype html>")
+
+
+@pytest.mark.parametrize("version", [0, -3, "3", True])
+def test_unknown_schema_versions_are_bad_input(tmp_path, version):
+    data = json.loads((MANY / "report.json").read_text())
+    data["schema_version"] = version
+    (tmp_path / "report.json").write_text(json.dumps(data))
+    res = run("gate", tmp_path)
+    assert res.exit_code == 2 and f"schema_version {version!r}" in res.output

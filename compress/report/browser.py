@@ -105,9 +105,11 @@ def inspect_page(
     page = browser.new_page(viewport={"width": width, "height": 900})
     page.on(
         "console",
-        lambda m: seen.errors.append(f"console {m.type}: {m.text}")
-        if m.type in ("error", "warning")
-        else None,
+        lambda m: (
+            seen.errors.append(f"console {m.type}: {m.text}")
+            if m.type in ("error", "warning")
+            else None
+        ),
     )
     page.on("pageerror", lambda e: seen.errors.append(f"uncaught: {e}"))
     page.on(

@@ -4,8 +4,11 @@ templates, and matplotlib figures as inline SVG (no network, no files beside the
 from __future__ import annotations
 
 import io
+import re
 from functools import lru_cache
 from typing import Any
+
+_METADATA = re.compile(r"\s*<metadata>.*?</metadata>", re.S)
 
 
 @lru_cache(maxsize=1)
@@ -40,12 +43,14 @@ def pyplot():
 
 
 def figure_svg(fig) -> str:
-    """The figure as an inline <svg> element (the XML prologue and DOCTYPE dropped); the
-    figure is closed so long runs do not accumulate open figures."""
+    """The figure as an inline <svg> element (the XML prologue, DOCTYPE and metadata dropped);
+    the figure is closed so long runs do not accumulate open figures."""
     buf = io.StringIO()
     try:
         fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     finally:
         pyplot().close(fig)
     text = buf.getvalue()
-    return text[text.index("<svg") :]
+    # matplotlib's RDF <metadata> names web sites (matplotlib.org, purl.org): a page that
+    # links nowhere drops it
+    return _METADATA.sub("", text[text.index("<svg") :], count=1)

@@ -208,7 +208,12 @@ def parse_report(text: str) -> Report:
     if not isinstance(data, dict):
         raise ValueError("expected a JSON object")
     version = data.get("schema_version", 1)
-    if not isinstance(version, int) or version > REPORT_SCHEMA_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(
+            f"schema_version {version!r} is not one this tool knows "
+            f"(1 to {REPORT_SCHEMA_VERSION}); is this a compress report.json?"
+        )
+    if version > REPORT_SCHEMA_VERSION:
         raise ValueError(
             f"schema_version {version!r} is newer than this tool reads "
             f"(<= {REPORT_SCHEMA_VERSION}); upgrade compress"
