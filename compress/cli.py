@@ -44,6 +44,7 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and
     _state["debug"] = debug
     _fit_width(out)
     _fit_width(err)
+    _quiet_library_bars()
     from rich.logging import RichHandler
 
     logging.basicConfig(
@@ -64,6 +65,18 @@ def _fit_width(console: Console) -> None:
     to 'decode.t…'; there it uses COLUMNS if set, else _PLAIN_WIDTH."""
     if not console.is_terminal and not os.environ.get("COLUMNS"):
         console.width = _PLAIN_WIDTH
+
+
+def _quiet_library_bars() -> None:
+    """Off a terminal, bars of other libraries would write carriage-return frames into the
+    log: transformers' and the hub's are turned off (they follow HF_HUB_DISABLE_PROGRESS_BARS)
+    and any other tqdm bar redraws at most every 30 s. Ours write plain lines
+    (compress.progress). A value the user set is kept."""
+    from compress import progress
+
+    if progress.mode() == "lines":
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TQDM_MININTERVAL", str(progress.interval()))
 
 
 def _fail(e: BaseException) -> None:

@@ -68,3 +68,19 @@ def test_a_cleared_bar_writes_no_blank_lines():
     w.write("\rstep 1/2\x1b[A")
     w.flush()
     assert buf.getvalue() == "step 1/2\n"
+
+
+def test_cli_quiets_library_bars_off_a_terminal(monkeypatch):
+    from compress import cli
+
+    for var in ("HF_HUB_DISABLE_PROGRESS_BARS", "TQDM_MININTERVAL"):
+        monkeypatch.setenv(var, "placeholder")  # registered, so teardown restores the original
+        monkeypatch.delenv(var)
+    monkeypatch.setenv(progress.MODE_ENV, "lines")
+    cli._quiet_library_bars()
+    assert progress.os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+    assert float(progress.os.environ["TQDM_MININTERVAL"]) == progress.interval()
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS")
+    monkeypatch.setenv(progress.MODE_ENV, "bar")
+    cli._quiet_library_bars()
+    assert "HF_HUB_DISABLE_PROGRESS_BARS" not in progress.os.environ
