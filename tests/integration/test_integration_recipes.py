@@ -93,6 +93,8 @@ def test_real_recipe(runs, recipe, max_weight_ratio):
     assert report["exit_code"] == expected
     cmp = {c["metric"]: c for c in variant["comparisons"]}
     assert cmp["weights.bytes"]["ratio"] <= max_weight_ratio  # real int storage, not fake quant
+    page = (report_path.parent / "report.html").read_text()  # the page beside report.json
+    assert f'data-exit-code="{report["exit_code"]}"' in page and "<svg" in page
     # speed measured and reported correctly: paired over interleaved fresh processes
     protocol = variant["record"]["context"]["timing_protocol"]
     rounds = protocol["rounds"]
