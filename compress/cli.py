@@ -153,6 +153,12 @@ def apply(
         "--inconclusive-as",
         help="CI policy for inconclusive gates: fail (exit 1) or pass (exit 0); default exit 3.",
     ),
+    resume: Path | None = typer.Option(
+        None,
+        "--resume",
+        help="Continue an interrupted run of this recipe in its folder (long stages resume "
+        "from their last checkpoint).",
+    ),
 ) -> None:
     """Compress, evaluate, profile, report and gate: the whole recipe in one pass."""
     if not progress:
@@ -175,6 +181,7 @@ def apply(
                 data_dir=str(data_dir) if data_dir else None,
                 progress=progress,
                 argv=sys.argv,
+                resume=resume,
             )
     except BaseException as e:  # noqa: BLE001 - every failure becomes a clear message + code
         if isinstance(e, typer.Exit):

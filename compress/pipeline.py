@@ -41,14 +41,18 @@ def apply(
     data_dir: str | None = None,
     progress: bool = True,
     argv: list[str] | None = None,
+    resume: str | Path | None = None,
 ) -> tuple[Report, Path]:
-    """Run the recipe; write reports/<name>/<UTC>/report.{json,md} + model/. Never overwrites."""
+    """Run the recipe; write reports/<name>/<UTC>/report.{json,md,html} + model/. Never
+    overwrites. `resume`: an interrupted or failed run folder of the same recipe to continue in
+    (long stages such as distill pick up their last checkpoint from its scratch folder)."""
     from compress import models
 
     device = resolve_device(device)
     source = models.resolve(recipe.model, pull=False)  # bad input fails before anything is written
     text = wikitext2_test(data_dir or recipe.eval.data_dir) if recipe.eval.wikitext2 else None
-    run_dir = new_run_dir(out_root, recipe.name)
+    earlier = check_resumable(Path(resume), recipe) if resume is not None else None
+    run_dir = Path(resume) if resume is not None else new_run_dir(out_root, recipe.name)
     run = {
         "id": run_dir.name,
         "out_dir": str(run_dir),
@@ -57,6 +61,8 @@ def apply(
         "argv": argv or [],
         "status": "running",
     }
+    if earlier is not None:  # the earlier attempt's failure.json is kept, renamed
+        run["resumed_after"] = earlier
     st = RunState(
         recipe=recipe,
         recipe_text=recipe_text,
@@ -84,6 +90,42 @@ def apply(
         )
         raise
     return report, run_dir
+
+
+def check_resumable(run_dir: Path, recipe: Recipe) -> dict:
+    """A run folder `--resume` may continue: it exists, has no report (it did not finish) and
+    its failure.json holds this very recipe. Its failure.json is renamed (kept) and its
+    summary returned; BadInput otherwise, before anything changes."""
+    from compress.errors import BadInput
+
+    failure = run_dir / "failure.json"
+    if (run_dir / "report.json").exists():
+        raise BadInput(f"--resume {run_dir}: that run finished (it has report.json).")
+    if not failure.is_file():
+        raise BadInput(
+            f"--resume {run_dir}: no failure.json there, so it is not an interrupted run.",
+            fix="Pass the folder of a run that was interrupted or failed.",
+        )
+    try:
+        earlier = json.loads(failure.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise BadInput(f"--resume {run_dir}: failure.json cannot be read ({e}).") from None
+    if earlier.get("recipe") != json.loads(json.dumps(recipe.model_dump(mode="json"))):
+        raise BadInput(
+            f"--resume {run_dir}: that run was made by another recipe (or another version "
+            "of this one); its checkpoints are not mixed into this one.",
+            fix="Resume with the recipe that made it, or start a fresh run.",
+        )
+    stamp = earlier.get("run", {}).get("started_at") or utc_stamp()
+    kept = run_dir / f"failure.{stamp}.json"
+    failure.rename(kept)
+    for partial in (run_dir / "model", run_dir / "models"):  # an earlier attempt's artifacts
+        if partial.exists():
+            partial.rename(run_dir / f"{partial.name}.{stamp}.partial")
+    info = earlier.get("run", {})
+    return {k: info.get(k) for k in ("started_at", "stage", "exit_code", "error")} | {
+        "failure_json": kept.name
+    }
 
 
 def _run(st: RunState) -> Report:

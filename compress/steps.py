@@ -149,6 +149,7 @@ def _compress_variant(st: RunState, v: VariantRun, calibration) -> None:
         device=st.device,
         seed=st.recipe.seed,
         scratch_dir=st.run_dir / ".scratch" / v.name,
+        data_dir=st.data_dir,
         calibration_loader=calibration,
     )
     before = weight_bytes(comp.model)

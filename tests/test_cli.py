@@ -30,6 +30,7 @@ def tiny_recipe(model_dir: Path, **over) -> dict:
             "new_tokens": 4,
             "repeats": 2,
             "quick_repeats": 2,
+            "quick_pairs": 2,  # 4 fresh processes, not 8: each imports torch (~5 s on 2 cores)
             "warmup": 0,
         },
         "gates": [{"metric": "weights.bytes", "max_ratio": 0.5}],
@@ -557,3 +558,30 @@ def test_apply_on_cuda_end_to_end(tmp_path, tiny_model_dir, tiny_data_dir):
     by = {m["name"]: m for m in data["variants"][0]["record"]["measurements"]}
     assert by["memory.peak_allocated_bytes"]["value"] > 0
     assert by["energy.joules_per_token"]["status"] == "measured", by["energy.joules_per_token"]
+
+
+def test_resume_continues_an_interrupted_run_in_its_folder(
+    tmp_path, tiny_model_dir, tiny_data_dir, monkeypatch
+):
+    def interrupt(handle, cfg, calib):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        _second_rtn_call(m, interrupt)
+        res, run_dir = _apply_tiny(tmp_path, tiny_model_dir, tiny_data_dir)
+    assert res.exit_code == 130 and (run_dir / "failure.json").exists()
+    recipe = tmp_path / "r.yaml"
+    other = write(tmp_path / "other.yaml", tiny_recipe(tiny_model_dir, seed=7))
+    args = ["--data-dir", tiny_data_dir, "--quick", "--no-progress", "--resume", run_dir]
+    res = run("apply", other, *args)  # another recipe's run: refused, nothing touched
+    assert res.exit_code == 2 and "another recipe" in res.output
+    assert (run_dir / "failure.json").exists()
+    res = run("apply", recipe, *args)
+    assert res.exit_code == 0, res.output
+    assert (run_dir / "report.json").exists() and not (run_dir / "failure.json").exists()
+    (kept,) = run_dir.glob("failure.*.json")  # the interrupted attempt's record is kept
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["run"]["resumed_after"]["exit_code"] == 130
+    assert report["run"]["resumed_after"]["failure_json"] == kept.name
+    res = run("apply", recipe, *args)  # a finished run is not resumed
+    assert res.exit_code == 2 and "that run finished" in res.output

@@ -79,6 +79,7 @@ class StageContext:
     device: str = "cpu"
     seed: int = 0
     scratch_dir: Path | None = None  # checkpoints of long stages; removed after the run
+    data_dir: str | None = None  # where local data sets are looked up first (--data-dir)
     progress: Callable[[str, int, int], None] | None = None  # (what, done, total)
     calibration_loader: Callable[[], Any] | None = None
     training_loader: Callable[[], Any] = _no_training_data

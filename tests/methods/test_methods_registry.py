@@ -26,6 +26,8 @@ from compress.testing import tiny_handle
 SHIPPED = {
     "awq",
     "cast",
+    "distill",
+    "structured",
     "bnb",
     "dynamic_int8",
     "gptq",
@@ -49,7 +51,12 @@ def test_every_method_module_registered_itself():
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_config_union_is_built_from_the_registry(name):
-    extra = {"bits": 4, "group_size": 32} if name in ("rtn", "gptq") else {}
+    extra = {
+        "rtn": {"bits": 4, "group_size": 32},
+        "gptq": {"bits": 4, "group_size": 32},
+        "distill": {"steps": 10},  # a budget is required
+        "structured": {"layers": 0.25},  # so is something to remove
+    }.get(name, {})
     cfg = TypeAdapter(StageConfig).validate_python({"method": name, **extra})
     assert isinstance(cfg, METHODS[name].config)
 
