@@ -68,13 +68,14 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("real")
     return {
         r: apply(r, out / Path(r).stem, shared)
-        for r in dict.fromkeys([readme_recipe, "recipes/int8.yaml", "recipes/int4.yaml"])
+        # the README's main job only: each real --quick apply takes 6-7 min on a slow 2-core
+        # host (2026-12-01), and the int8 recipe's real run pushed CI past 30 minutes there;
+        # int8 stays covered on the tiny model and by benchmarks/default_e2e.py
+        for r in dict.fromkeys([readme_recipe, "recipes/int4.yaml"])
     }
 
 
-@pytest.mark.parametrize(
-    ("recipe", "max_weight_ratio"), [("recipes/int8.yaml", 0.35), ("recipes/int4.yaml", 0.25)]
-)
+@pytest.mark.parametrize(("recipe", "max_weight_ratio"), [("recipes/int4.yaml", 0.25)])
 def test_real_recipe(runs, recipe, max_weight_ratio):
     import jsonschema
 
