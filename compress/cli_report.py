@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from compress.cli import _fail, _print_gates, app, err, out
+from compress.report.load import load_report
 
 JUNIT = typer.Option(None, "--junit", help="Write JUnit XML: one test case per gate per variant.")
 SUMMARY_MD = typer.Option(
@@ -19,12 +20,6 @@ INCONCLUSIVE_AS = typer.Option(
     "--inconclusive-as",
     help="CI policy for inconclusive gates: fail (exit 1) or pass (exit 0); default exit 3.",
 )
-
-
-def load_report(path: Path):
-    from compress.report.load import load_report as load
-
-    return load(path)
 
 
 def emit_gate_outputs(report, results, code: int, junit, summary_md, policy) -> int:

@@ -24,6 +24,7 @@ from compress.report.markdown import (
     divergence_summary,
     fmt,
 )
+from compress.report.plots import KLD_STATS
 from compress.report.schema import Comparison, GateResult, Measurement, Report, VariantResult
 
 log = logging.getLogger(__name__)
@@ -36,15 +37,10 @@ VERDICT_CLASS = {
     "no significant change": "ns",
     "unknown": "unknown",
 }
-#: KLD table columns: measurement -> heading
+#: KLD table columns: measurement -> heading (the plotted statistics, then the top-1 rates)
 KLD_COLUMNS = {
+    **KLD_STATS,
     "kld.mean": "mean ± stderr",
-    "kld.median": "median",
-    "kld.p90": "p90",
-    "kld.p95": "p95",
-    "kld.p99": "p99",
-    "kld.p99_9": "p99.9",
-    "kld.max": "max",
     "kld.same_top1": "same top-1 (tokens)",
     "kld.top1_agreement": "top-1 agreement (windows)",
 }

@@ -11,7 +11,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from compress.errors import BadInput
-from compress.report.schema import REPORT_SCHEMA_VERSION, Report, parse_report
+from compress.report.schema import (
+    REPORT_SCHEMA_VERSION,
+    Report,
+    check_schema_version,
+    parse_report,
+)
 
 
 def report_path(arg: Path) -> Path:
@@ -41,21 +46,10 @@ def check_version(path: Path, data: Any) -> None:
             "'schema_version', 'run', 'recipe', 'baseline', 'variants').",
             fix="Pass the report.json of a run.",
         )
-    version = data.get("schema_version", 1)
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise BadInput(f"'{path}' has schema_version {version!r}; expected an integer.")
-    if version > REPORT_SCHEMA_VERSION:
-        raise BadInput(
-            f"'{path}' has schema_version {version}, newer than this tool reads "
-            f"(<= {REPORT_SCHEMA_VERSION}).",
-            fix="Upgrade compress.",
-        )
-    if version < 1:
-        raise BadInput(
-            f"'{path}' has schema_version {version}, older than any this tool reads (1 to "
-            f"{REPORT_SCHEMA_VERSION}).",
-            fix="Re-run the recipe to get a current report.",
-        )
+    try:
+        version = check_schema_version(data.get("schema_version", 1))
+    except ValueError as e:
+        raise BadInput(f"'{path}' has {e}.") from None
     if version < 3 and "compressed" not in data and "variants" not in data:
         raise BadInput(
             f"'{path}' is a schema v{version} report without 'compressed', which migrating it "

@@ -199,6 +199,26 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def check_schema_version(version: Any) -> int:
+    """`version` when this tool reads reports of that schema; ValueError saying why not."""
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(
+            f"schema_version {version!r} is not a version number; expected an integer from 1 "
+            f"to {REPORT_SCHEMA_VERSION}"
+        )
+    if version < 1:
+        raise ValueError(
+            f"schema_version {version} is older than any this tool reads "
+            f"(1 to {REPORT_SCHEMA_VERSION}); re-run the recipe for a current report"
+        )
+    if version > REPORT_SCHEMA_VERSION:
+        raise ValueError(
+            f"schema_version {version} is newer than this tool reads "
+            f"(<= {REPORT_SCHEMA_VERSION}); upgrade compress"
+        )
+    return version
+
+
 def parse_report(text: str) -> Report:
     """report.json text (any schema version up to this one) as a `Report`; raises ValueError
     for JSON that is not a report and for reports newer than this tool."""
@@ -207,17 +227,7 @@ def parse_report(text: str) -> Report:
     data = json.loads(text)
     if not isinstance(data, dict):
         raise ValueError("expected a JSON object")
-    version = data.get("schema_version", 1)
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ValueError(
-            f"schema_version {version!r} is not one this tool knows "
-            f"(1 to {REPORT_SCHEMA_VERSION}); is this a compress report.json?"
-        )
-    if version > REPORT_SCHEMA_VERSION:
-        raise ValueError(
-            f"schema_version {version!r} is newer than this tool reads "
-            f"(<= {REPORT_SCHEMA_VERSION}); upgrade compress"
-        )
+    check_schema_version(data.get("schema_version", 1))
     return Report.model_validate(migrate(data))
 
 
