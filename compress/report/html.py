@@ -73,7 +73,7 @@ def status_of(report: Report) -> tuple[str, str]:
 
 def render_html(report: Report) -> str:
     """report.html for `report`: one complete HTML page, the same bytes for the same report."""
-    from compress.report import plots, plots_detail
+    from compress.report import plots, plots_detail, plots_train
 
     series = plots.series_of(report)
     status, status_class = status_of(report)
@@ -93,6 +93,7 @@ def render_html(report: Report) -> str:
         latency=[_figure(p) for p in plots_detail.latency_plots(series)],
         glance=None if one else _glance(report),
         variants=variants,
+        training=plots_train.training_section(report),
         kld=_kld(report, plots_detail.kld_plot(series)),
         flips=_flips(report, plots_detail.flips_plot(report.variants)),
         measurements=_measurements(series),
