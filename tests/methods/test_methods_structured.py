@@ -135,3 +135,17 @@ def test_needs_calibration():
     h = _handle()
     with pytest.raises(BadInput, match="calibration"):
         run_stage(h, StructuredConfig(layers=0.25))
+
+
+def test_samples_scores_on_the_first_n_calibration_samples_only():
+    calib = tiny_calibration()
+    n = calib.input_ids.shape[0]
+    assert n >= 2
+    first = copy.deepcopy(calib)
+    first.input_ids = calib.input_ids[:1]
+    a, b = _handle(), _handle()
+    rec_n = run_stage(a, StructuredConfig(layers=0.25, samples=1), calib)
+    rec_1 = run_stage(b, StructuredConfig(layers=0.25), first)
+    assert rec_n.details["layer_scores"] == rec_1.details["layer_scores"]
+    assert "1 calibration samples" in rec_n.notes[0]
+    assert calib.input_ids.shape[0] == n  # the shared calibration set is not cut
