@@ -4,6 +4,11 @@ pre-flight check of the layers, and the honest record of what pruning did and di
 Pruned weights are zeros inside ordinary dense float tensors: on its own a pruning stage
 saves no memory and no time here (no sparse kernel runs them), and the record says so. Follow
 it with gptq (`preserve_zeros: true`, symmetric) to keep the zeros through int4 storage.
+
+The record counts, it does not repeat the config: sparsity and pattern are measured on each
+layer's weights (`per_layer`, `sparsity`, `pattern_measured`), and `sparse_kernel` says whether
+any kernel on the device runs the pattern (only 2:4, as torch's semi-structured sparse tensors
+on CUDA; `compress.profile.sparse_kernels`, tried by the kernel choice before profiling).
 """
 
 from __future__ import annotations
@@ -138,39 +143,104 @@ def record(
     seconds: float,
     **extra,
 ) -> StageRecord:
-    """The stage record: sparsity reached (counted on the weights), and in words what it saves."""
-    zeros = sum(int((m.weight == 0).sum()) for m in chosen.values())
-    total = sum(m.weight.numel() for m in chosen.values())
+    """The stage record: sparsity reached and the pattern present, counted on the weights per
+    layer and overall (not the requested figures), whether a kernel on `device` runs that
+    pattern, and in words what it saves."""
+    from compress.numerics.sparsity import detect_pattern, overall_pattern, satisfies, zero_count
+
+    candidates = tuple(dict.fromkeys([*([cfg.mask_structure] if cfg.nm else []), "2:4", "4:8"]))
+    per_layer: dict[str, dict[str, Any]] = {}
+    two_four = 0
+    for name, m in chosen.items():
+        z, n = zero_count(m.weight), m.weight.numel()
+        pattern = detect_pattern(m.weight, candidates)
+        per_layer[name] = {"sparsity": z / n, "zeros": z, "weights": n, "pattern": pattern}
+        two_four += satisfies(m.weight, 2, 4)
+    zeros = sum(p["zeros"] for p in per_layer.values())
+    total = sum(p["weights"] for p in per_layer.values())
+    measured = zeros / total
+    pattern = overall_pattern([p["pattern"] for p in per_layer.values()], candidates)
+    wdtype = next(iter(chosen.values())).weight.dtype
+    kernel_ok, sparse_kernel = _sparse_kernel(device, wdtype, pattern, two_four, len(chosen))
     notes = [
-        f"{100 * zeros / total:.1f}% of the {total / 1e6:.1f}M targeted weights are now exactly 0",
+        f"{100 * measured:.1f}% of the {total / 1e6:.1f}M targeted weights are now exactly 0 "
+        f"(measured pattern: {pattern})",
         f"pruned weights are stored dense (zeros in float tensors): this stage alone saves no "
-        f"memory and no time on {device} (no sparse kernel runs them); a later gptq stage with "
-        "preserve_zeros keeps them 0 in int4 storage",
+        f"memory and no time on {device} ("
+        + (
+            "the kernel choice before profiling may run them sparse, see sparse_kernel"
+            if kernel_ok
+            else "no sparse kernel runs them"
+        )
+        + "); a later gptq stage with preserve_zeros keeps them 0 in int4 storage",
+        f"sparse kernel: {sparse_kernel}",
     ]
+    target = cfg.target_sparsity
+    if abs(measured - target) > 0.005:
+        lo = min(p["sparsity"] for p in per_layer.values())
+        hi = max(p["sparsity"] for p in per_layer.values())
+        notes.append(
+            f"measured sparsity {100 * measured:.1f}% differs from the requested "
+            f"{100 * target:.1f}% by {100 * abs(measured - target):.1f} points (per layer "
+            f"{100 * lo:.1f}% to {100 * hi:.1f}%): zeros already in the weights add to it, "
+            "rounding of the per-row count takes from it"
+        )
     if cfg.nm is not None:
         notes.append(
             f"every row keeps {cfg.nm[0]} of each {cfg.nm[1]} consecutive inputs"
             + (
-                " (the pattern NVIDIA sparse tensor cores accelerate; not used here)"
+                " (the pattern NVIDIA sparse tensor cores accelerate; "
+                + ("tried by the kernel choice)" if kernel_ok else "not used here)")
                 if cfg.nm == (2, 4)
                 else ""
             )
         )
+        off = [n for n, p in per_layer.items() if p["pattern"] != cfg.mask_structure]
+        if off:
+            notes.append(
+                f"the requested {cfg.mask_structure} pattern is NOT what {len(off)} of "
+                f"{len(per_layer)} layers hold (first: {off[0]}, "
+                f"{per_layer[off[0]]['pattern']})"
+            )
     dtype = cfg.compute_dtype
     if dtype:
         notes.append(f"float parts of the model now compute in {dtype}")
     return StageRecord.make(
         method=method,
         summary=f"{method} {cfg.describe()}, {len(chosen)} Linear layers "
-        f"({total / 1e6:.1f}M weights, {100 * zeros / total:.1f}% zero)",
+        f"({total / 1e6:.1f}M weights, {100 * measured:.1f}% zero, {pattern})",
         saves_time=False,
         layers=len(chosen),
         weights_pruned=zeros,
-        sparsity=zeros / total,
-        target_sparsity=cfg.target_sparsity,
+        sparsity=measured,
+        target_sparsity=target,
         mask_structure=cfg.mask_structure,
+        pattern_measured=pattern,
+        sparse_kernel=sparse_kernel,
+        per_layer=per_layer,
         compute_dtype=dtype or None,
         notes=notes,
         seconds=seconds,
         **extra,
+    )
+
+
+def _sparse_kernel(device: str, dtype: Any, pattern: str, two_four: int, layers: int):
+    """(whether a kernel on `device` runs the zeros, the statement): only 2:4 has one, torch's
+    semi-structured sparse tensors on CUDA (compute capability >= 8.0, float16 / bfloat16)."""
+    from compress.profile.sparse_kernels import semi_structured_support
+
+    if not two_four:
+        return False, (
+            f"none: no kernel on {device} runs {pattern} sparsity (torch runs only 2:4, on "
+            "CUDA); the zeros are multiplied like any weight"
+        )
+    ok, why = semi_structured_support(device, dtype)
+    part = "" if two_four == layers else f" ({two_four} of {layers} layers are 2:4)"
+    if not ok:
+        return False, f"none: {why}{part}"
+    return True, (
+        f"available: {why}{part}; this stage leaves the weights dense, the kernel choice "
+        "before profiling times the 2:4 layers as semi-structured sparse tensors (while they "
+        "are still float Linears: not after a quantizing stage)"
     )

@@ -10,8 +10,12 @@ to floating-point rounding). The policy is plain JSON (`apply_policy` replays it
 evaluation, every profiling process and the report use the same choice.
 
 Knobs: the dtype of the float parts (norms, residual stream, attention: the recipe's compute
-dtype or float32), and per quantized module kind the path for small calls and for large calls
-(`PATHS` on the module class, `compress.quant.modules.set_paths`).
+dtype or float32), per quantized module kind the path for small calls and for large calls
+(`PATHS` on the module class, `compress.quant.modules.set_paths`), and on CUDA whether Linears
+with exactly 2:4 sparse float16 / bfloat16 weights run as torch semi-structured sparse tensors
+(`compress.profile.sparse_kernels`; policy key `semi_structured`). The in-process model keeps
+those weights dense (its evaluation agrees up to rounding, checked by KL like every candidate);
+the profiling processes convert them when the policy says `used`.
 """
 
 from __future__ import annotations
@@ -91,6 +95,13 @@ def apply_policy(model: nn.Module, policy: dict[str, Any] | None) -> None:
     for kind, p in policy.get("paths", {}).items():
         for m in kinds.get(kind, []):
             set_paths(m, p["decode"], p["prefill"], policy["rows_threshold"])
+    semi = policy.get("semi_structured")
+    if semi and semi.get("used"):
+        from compress.profile.sparse_kernels import apply_semi_structured
+
+        device = next(model.parameters()).device
+        done = apply_semi_structured(model, device, names=semi["layers"])
+        log.info("semi-structured 2:4 sparse weights in %d Linear layers", len(done))
 
 
 def _sync(device: str) -> None:
@@ -159,7 +170,8 @@ def choose_policy(
     """Time the candidates on this host and apply the fastest agreeing ones to `model`.
 
     Returns the policy (JSON) with every timing taken, or None when the model has nothing to
-    choose (no quantized module with several paths and float parts already float32).
+    choose (no quantized module with several paths, float parts already float32 and no 2:4
+    Linear a semi-structured sparse kernel on this CUDA device could run).
     """
     from compress.quant.modules import set_paths
 
@@ -167,7 +179,8 @@ def choose_policy(
     start_dtype = _float_dtype(model)
     dtypes = list(dict.fromkeys([start_dtype, "float32"]))
     multi = {k: ms for k, ms in kinds.items() if len(type(ms[0]).PATHS) > 1}
-    if len(dtypes) == 1 and not multi:
+    sparse, sparse_skipped = _sparse_candidates(model, device)
+    if len(dtypes) == 1 and not multi and not sparse:
         return None
     threshold = max(batch_sizes or [1])
     vocab = getattr(getattr(model, "config", None), "vocab_size", None) or vocab_ids
@@ -210,6 +223,11 @@ def choose_policy(
             }
             for m in ms:
                 set_paths(m, paths[kind]["decode"], paths[kind]["prefill"], threshold)
+        semi = (
+            _try_semi_structured(model, sparse, sparse_skipped, device, trial, trials)
+            if sparse
+            else None
+        )
     policy = {
         "float_dtype": best_dt,
         "rows_threshold": threshold,
@@ -221,11 +239,75 @@ def choose_policy(
             "float dtype first (sum of relative decode and prefill time), then per module kind "
             "and weight shape"
             " the fastest path for decode calls (<= rows_threshold rows) and for larger calls; "
+            "then, on CUDA, 2:4 Linear layers as torch semi-structured sparse tensors against "
+            "dense (sum of relative decode and prefill time); "
             f"a candidate whose logits differ from the reference by KL > {MAX_KL} is rejected"
         ),
     }
+    if semi is not None:
+        policy["semi_structured"] = semi
     log.info("kernel policy: %s", describe(policy))
     return policy
+
+
+def _sparse_candidates(model: nn.Module, device: str) -> tuple[list[str], dict[str, str]]:
+    """The Linears a semi-structured 2:4 kernel could run on `device` (none off CUDA)."""
+    if torch.device(device).type != "cuda":
+        return [], {}
+    from compress.profile.sparse_kernels import plan_semi_structured, semi_structured_support
+
+    if not semi_structured_support(device)[0]:
+        return [], {}
+    return plan_semi_structured(model)
+
+
+def _try_semi_structured(
+    model: nn.Module,
+    names: list[str],
+    skipped: dict[str, str],
+    device: str,
+    trial: Callable[[str, str], dict[str, Any]],
+    trials: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Time the model with its 2:4 Linears dense, then semi-structured; put the dense weights
+    back (the profiling processes convert when `used`). The policy's `semi_structured`."""
+    from compress.profile.sparse_kernels import (
+        apply_semi_structured,
+        backend,
+        semi_structured_support,
+    )
+
+    dense = {n: model.get_submodule(n).weight for n in names}
+    rows = [trial("semi_structured", "dense")]
+    converted: list[str] = []
+    try:
+        converted = apply_semi_structured(model, device, names=names, skipped=skipped)
+        if converted:
+            rows.append(trial("semi_structured", "2:4"))
+    except (RuntimeError, ValueError, NotImplementedError) as e:  # the kernel itself refused
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        row = {"what": "semi_structured", "candidate": "2:4", "rejected": f"failed: {first}"}
+        trials.append(row)
+        rows.append(row)
+    finally:
+        for n, w in dense.items():
+            model.get_submodule(n).weight = w
+    used = bool(converted) and _pick(rows, both=True) == "2:4"
+    sparse_row = rows[-1] if len(rows) > 1 else None
+    if used:
+        decided = "faster than dense with logits that agree"
+    elif sparse_row is None:
+        decided = "no layer could be converted"
+    else:
+        decided = sparse_row.get("rejected") or "not faster than dense on this host"
+    return {
+        "used": used,
+        "layers": converted,
+        "skipped": skipped,
+        "backend": backend(),
+        "support": semi_structured_support(device)[1],
+        "decided": decided,
+    }
 
 
 def _pick(rows: list[dict[str, Any]], key: str = "decode_ms", both: bool = False) -> str | None:
@@ -251,4 +333,13 @@ def describe(policy: dict[str, Any] | None) -> str:
                 f"{kind}: {p['decode']} for <= {policy['rows_threshold']} rows (decode), "
                 f"{p['prefill']} above (prefill, eval)"
             )
+    semi = policy.get("semi_structured")
+    if semi:
+        n = len(semi["layers"])
+        if semi["used"]:
+            parts.append(
+                f"2:4 semi-structured sparse kernels ({semi['backend']}) on {n} Linear layers"
+            )
+        else:
+            parts.append(f"2:4 Linear layers kept dense ({semi['decided']})")
     return "; ".join(parts)

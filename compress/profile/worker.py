@@ -181,6 +181,11 @@ def _work(request: dict[str, Any]) -> dict[str, Any]:
     result = profile_model(handle, cfg, quick=bool(request["quick"]), progress=bars)
     result["context"]["load_seconds"] = load_seconds
     result["context"]["kernel_policy"] = policy
+    if policy and policy.get("semi_structured"):
+        from compress.profile.sparse_kernels import in_use
+
+        # what runs in this process, counted on its modules (None: every weight dense)
+        result["context"]["sparse_kernel"] = in_use(handle.model) or "none: 2:4 layers dense"
     result["context"]["spec"] = request["spec"]
     source = getattr(handle, "source", None)
     if source is not None and hasattr(source, "describe"):
