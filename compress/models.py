@@ -241,10 +241,14 @@ def load(
         kwargs["use_safetensors"] = True
     auto = AutoModelForCausalLM if source.architecture == "causal_lm" else AutoModel
     start = time.perf_counter()
+    cached = _load_dequantized(source, dtype, auto, trust_remote_code)
     try:
-        model = auto.from_pretrained(where, dtype=getattr(torch, dtype), **kwargs)
-        kwargs.pop("use_safetensors", None)
-        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+        if cached is not None:
+            model, tokenizer = cached
+        else:
+            model = auto.from_pretrained(where, dtype=getattr(torch, dtype), **kwargs)
+            kwargs.pop("use_safetensors", None)
+            tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
     except (OSError, ValueError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         if source.kind == "hub":
@@ -254,8 +258,9 @@ def load(
                 fix=f"Use a packaged alias ({', '.join(ALIASES)}) or a local model directory.",
             ) from err
         raise BadInput(f"Could not load model '{source.spec}' from {where}: {first}") from err
-    if source.kind == "gguf":
+    if source.kind == "gguf" and cached is None:
         drop_gguf_quantization(model)
+        _store_dequantized(model, tokenizer, source, dtype)
     model.eval()
     if device != "cpu":
         model.to(device)
@@ -268,6 +273,29 @@ def load(
         time.perf_counter() - start,
     )
     return ModelHandle(model=model, tokenizer=tokenizer, source=source, dtype=dtype, device=device)
+
+
+def _load_dequantized(source: ModelSource, dtype: str, auto: Any, trust: bool) -> tuple | None:
+    """A GGUF's dequantized copy from the disk cache (compress/store/dequant.py), or None."""
+    if source.kind != "gguf" or source.path is None:
+        return None
+    from compress.store import dequant
+
+    gguf = Path(source.path) / source.gguf_file if source.gguf_file else Path(source.path)
+    got = dequant.load_cached(gguf, dtype, auto, trust)
+    if got is None:
+        return None
+    logger.info("%s: the dequantized weights from the cache at %s", source.spec, got[2])
+    model, tokenizer, _ = got
+    model.config._name_or_path = tokenizer.name_or_path = str(source.path)  # as if from the GGUF
+    return model, tokenizer
+
+
+def _store_dequantized(model: Any, tokenizer: Any, source: ModelSource, dtype: str) -> None:
+    from compress.store import dequant
+
+    gguf = Path(source.path) / source.gguf_file if source.gguf_file else Path(source.path)
+    dequant.store(model, tokenizer, gguf, dtype)
 
 
 def _folder(spec: str, path: Path, kind: str, note: str = "") -> ModelSource:

@@ -254,7 +254,10 @@ def test_drop_gguf_quantization():
 
 
 @pytest.mark.integration
-def test_pull_and_load_real_smollm2(tmp_path):
+def test_pull_and_load_real_smollm2(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("COMPRESS_DEQUANT_CACHE", str(tmp_path / "dequant"))
     try:
         models.pull("smollm2-135m", cache_dir=tmp_path / "cache", progress=False)
     except BadInput as err:
@@ -271,3 +274,21 @@ def test_pull_and_load_real_smollm2(tmp_path):
     assert (tmp_path / "saved" / "config.json").is_file()
     ids = handle.tokenizer("The capital of France is", return_tensors="pt").input_ids
     assert ids.shape[1] > 3
+    # the second load reads the dequantized copy the first one cached: the same model,
+    # tokenizer and source, bit for bit
+    (entry,) = (tmp_path / "dequant").iterdir()
+    again = models.load("smollm2-135m", cache_dir=tmp_path / "cache")
+    assert again.source == handle.source
+    assert again.model.config._name_or_path == model.config._name_or_path
+    text = "WikiText: The game 's battle system , the BliTZ system , is carried over ."
+    assert again.tokenizer(text).input_ids == handle.tokenizer(text).input_ids
+    msgs = [{"role": "user", "content": "hi"}]
+    assert again.tokenizer.apply_chat_template(msgs, tokenize=False) == (
+        handle.tokenizer.apply_chat_template(msgs, tokenize=False)
+    )
+    a, b = model.state_dict(), again.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert again.model.lm_head.weight.data_ptr() == again.model.model.embed_tokens.weight.data_ptr()
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, again.model(ids).logits)
+    assert (entry / "model.safetensors").is_file()
