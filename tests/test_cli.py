@@ -181,6 +181,22 @@ BAD = {
         {"stages": [{"method": "wanda", "mask_structure": "4:2"}]},
         "stages.0.mask_structure: '4:2' is not a mask structure",
     ),
+    "structured_removes_nothing": (
+        {"stages": [{"method": "structured"}]},
+        "set at least one of layers, mlp, heads",
+    ),
+    "structured_fraction_out_of_range": (
+        {"stages": [{"method": "structured", "layers": 1.5}]},
+        "between 0 and 1",
+    ),
+    "distill_budget_of_zero": (
+        {"stages": [{"method": "distill", "steps": 0}]},
+        "stages.0.steps: Input should be greater than 0",
+    ),
+    "distill_without_budget": (
+        {"stages": [{"method": "distill"}]},
+        "set exactly one budget of steps, tokens, minutes",
+    ),
     "prune_without_calibration": (
         {"stages": [{"method": "sparsegpt"}]},
         "stages.0 (sparsegpt) need calibration data but the recipe has no calibration block",
@@ -320,6 +336,34 @@ def test_group_size_that_does_not_divide_is_bad_input(tmp_path, tiny_model_dir, 
     assert "does not divide" in " ".join(res.output.split())
     assert _failure(run_dir)["stage"] == "compress: stages.0 (rtn)"
     assert res.exit_code == 2, res.output
+
+
+@pytest.mark.parametrize(
+    ("stage", "expected"),
+    [
+        ({"method": "structured", "layers": [0, 1]}, "dropping all 2 layers leaves no model"),
+        ({"method": "structured", "mlp": 0.01}, "mlp:"),
+        ({"method": "distill", "steps": 2, "dataset": "EVAL"}, "evaluation"),
+    ],
+    ids=["drop_all_layers", "width_below_one_step", "distill_on_the_eval_split"],
+)
+def test_structured_and_distill_refusals_exit_2_naming_the_stage(
+    tmp_path, tiny_model_dir, tiny_data_dir, stage, expected
+):
+    calib = tmp_path / "calib.txt"
+    calib.write_text("Calibration text that is not the test split. " * 400)
+    if stage.get("dataset") == "EVAL":
+        stage = {**stage, "dataset": str(tiny_data_dir / "wikitext-2-raw" / "wiki.test.raw")}
+    res, run_dir = _apply_tiny(
+        tmp_path,
+        tiny_model_dir,
+        tiny_data_dir,
+        stages=[stage],
+        calibration={"dataset": str(calib), "samples": 2, "seq_len": 16},
+    )
+    assert res.exit_code == 2, res.output
+    assert expected in " ".join(res.output.split()) and "Traceback" not in res.output
+    assert _failure(run_dir)["stage"] == f"compress: stages.0 ({stage['method']})"
 
 
 def test_ctrl_c_in_a_stage_exits_130_with_failure_json(
