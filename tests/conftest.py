@@ -13,6 +13,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # eval results cached by tests never land in (or come from) the user's ~/.cache
 os.environ.setdefault("COMPRESS_EVAL_CACHE", tempfile.mkdtemp(prefix="compress-eval-cache-"))
 
+# Under pytest-xdist (README's test command: -n 2 on a 2-core host) each worker computes on one
+# core, its subprocesses too: two workers of two threads each would oversubscribe the cores.
+# No test asserts a speed, so this changes how long the suite takes, not what it checks.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("COMPRESS_DATA_DIR") or REPO.parent / "shared" / "data")
 
