@@ -36,7 +36,8 @@ def _ppl(c: dict[str, Any] | None) -> str:
     if not c or c.get("ratio") is None:
         return "n/a"
     ci = c.get("ratio_ci95") or [c["ratio"], c["ratio"]]
-    return f"{c['baseline']:.3f} -> {c['compressed']:.3f} ({100 * (c['ratio'] - 1):+.2f}% [{100 * (ci[0] - 1):+.2f}, {100 * (ci[1] - 1):+.2f}])"  # noqa: E501
+    n = f", {c['n']} windows" if c.get("n") else ""
+    return f"{c['baseline']:.3f} -> {c['compressed']:.3f} ({100 * (c['ratio'] - 1):+.2f}% [{100 * (ci[0] - 1):+.2f}, {100 * (ci[1] - 1):+.2f}]{n})"  # noqa: E501
 
 
 def _rows(path: Path, root: Path) -> list[str]:
@@ -52,6 +53,7 @@ def _rows(path: Path, root: Path) -> list[str]:
     for v in r.variants:
         cmp = {c.metric: c.model_dump() for c in v.comparisons}
         name = link if len(r.variants) == 1 else f"{link} `{v.name}`"
+        name += " (control)" if v.control else ""
         cells = [name, host, str(pairs)]
         cells += [_ratio(cmp.get(m)) for m, _ in COLUMNS]
         cells += [_ppl(cmp.get("wikitext2.perplexity")), str(v.exit_code)]
@@ -63,7 +65,7 @@ def render(root: Path) -> str:
     """The generated block (markers included) from every committed example report."""
     reports = sorted((root / "reports" / "examples").glob("*/*/report.json"))
     head = ["recipe (report)", "host CPU", "pairs"] + [h for _, h in COLUMNS]
-    head += ["perplexity (4 windows)", "exit"]
+    head += ["perplexity", "exit"]
     lines = [
         BEGIN,
         "| " + " | ".join(head) + " |",
