@@ -25,9 +25,14 @@ SHARED_DATA = Path(os.environ.get("COMPRESS_DATA_DIR") or REPO.parent / "shared"
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` run only where torch sees a CUDA device (skipped, and said so, else)."""
+    """Integration tests first; tests marked `gpu` run only where torch sees a CUDA device
+    (skipped, and said so, else)."""
     import torch
 
+    # The real-model files take minutes each: first in line, so that under xdist (--dist
+    # loadfile hands whole files out in this order) they start at once and the quick files
+    # fill the other workers, instead of one worker finishing them alone at the end.
+    items.sort(key=lambda item: "integration" not in item.keywords)  # stable
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (run on a GPU machine)")

@@ -154,6 +154,7 @@ def test_lm_head_target_refused(name):
         apply(tiny_handle(), cfg(ignore=[]), tiny_calibration(4, 32))
 
 
+@pytest.mark.integration
 def test_smollm2_sparsegpt_and_wanda_beat_magnitude(shared_data):
     """50% unstructured on SmolLM2 with little calibration (8 x 256), 2 windows of 512.
     Measured 2026-11-22: base 28.23, magnitude 332.5, wanda 58.1, sparsegpt 60.6 (2048
