@@ -59,10 +59,6 @@ def run_recipe(name: str, windows: int, data_dir: str, out: Path, smoke: bool) -
     return {"report": report, "run_dir": run_dir, "wall_s": time.perf_counter() - t0}
 
 
-def _meas(record, name: str):
-    return next((m for m in record.measurements if m.name == name), None)
-
-
 def _shape(stages: list[dict]) -> str:
     after = next(
         (
@@ -108,8 +104,8 @@ def rows_of(name: str, res: dict) -> list[dict]:
     out = []
     for v in r.variants:
         c = {x.metric: x for x in v.comparisons}
-        ppl, kld = c.get("wikitext2.perplexity"), _meas(v.record, "kld.mean")
-        nll = _meas(v.record, "wikitext2.nll")
+        ppl, kld = c.get("wikitext2.perplexity"), v.record.get("kld.mean")
+        nll = v.record.get("wikitext2.nll")
         out.append(
             {
                 "recipe": name,
@@ -131,7 +127,7 @@ def rows_of(name: str, res: dict) -> list[dict]:
                 **_distill(v.record.stages),
             }
         )
-    base_nll = _meas(r.baseline, "wikitext2.nll")
+    base_nll = r.baseline.get("wikitext2.nll")
     for row in out:
         row["base_nll_windows"] = list(base_nll.samples) if base_nll else []
     return out

@@ -241,7 +241,8 @@ def load(
         kwargs["use_safetensors"] = True
     auto = AutoModelForCausalLM if source.architecture == "causal_lm" else AutoModel
     start = time.perf_counter()
-    cached = _load_dequantized(source, dtype, auto, trust_remote_code)
+    entry = _dequant_entry(source, dtype)
+    cached = _load_dequantized(entry, source, auto, trust_remote_code) if entry else None
     try:
         if cached is not None:
             model, tokenizer = cached
@@ -260,7 +261,10 @@ def load(
         raise BadInput(f"Could not load model '{source.spec}' from {where}: {first}") from err
     if source.kind == "gguf" and cached is None:
         drop_gguf_quantization(model)
-        _store_dequantized(model, tokenizer, source, dtype)
+        if entry is not None:
+            from compress.store import dequant
+
+            dequant.store(entry, model, tokenizer)
     model.eval()
     if device != "cpu":
         model.to(device)
@@ -275,27 +279,28 @@ def load(
     return ModelHandle(model=model, tokenizer=tokenizer, source=source, dtype=dtype, device=device)
 
 
-def _load_dequantized(source: ModelSource, dtype: str, auto: Any, trust: bool) -> tuple | None:
-    """A GGUF's dequantized copy from the disk cache (compress/store/dequant.py), or None."""
+def _dequant_entry(source: ModelSource, dtype: str) -> Any:
+    """The disk-cache entry of a GGUF's dequantized copy (compress/store/dequant.py); None
+    for other sources or when the cache is off."""
     if source.kind != "gguf" or source.path is None:
         return None
     from compress.store import dequant
 
     gguf = Path(source.path) / source.gguf_file if source.gguf_file else Path(source.path)
-    got = dequant.load_cached(gguf, dtype, auto, trust)
-    if got is None:
-        return None
-    logger.info("%s: the dequantized weights from the cache at %s", source.spec, got[2])
-    model, tokenizer, _ = got
-    model.config._name_or_path = tokenizer.name_or_path = str(source.path)  # as if from the GGUF
-    return model, tokenizer
+    return dequant.entry_for(gguf, dtype)
 
 
-def _store_dequantized(model: Any, tokenizer: Any, source: ModelSource, dtype: str) -> None:
+def _load_dequantized(entry: Any, source: ModelSource, auto: Any, trust: bool) -> tuple | None:
+    """The cached (model, tokenizer) named as if loaded from the GGUF, or None."""
     from compress.store import dequant
 
-    gguf = Path(source.path) / source.gguf_file if source.gguf_file else Path(source.path)
-    dequant.store(model, tokenizer, gguf, dtype)
+    got = dequant.load_cached(entry, auto, trust)
+    if got is None:
+        return None
+    logger.info("%s: the dequantized weights from the cache at %s", source.spec, entry.path)
+    model, tokenizer = got
+    model.config._name_or_path = tokenizer.name_or_path = str(source.path)  # as if from the GGUF
+    return model, tokenizer
 
 
 def _folder(spec: str, path: Path, kind: str, note: str = "") -> ModelSource:

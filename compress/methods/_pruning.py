@@ -146,16 +146,10 @@ def record(
     """The stage record: sparsity reached and the pattern present, counted on the weights per
     layer and overall (not the requested figures), whether a kernel on `device` runs that
     pattern, and in words what it saves."""
-    from compress.numerics.sparsity import detect_pattern, overall_pattern, satisfies, zero_count
+    from compress.numerics.sparsity import overall_pattern
 
     candidates = tuple(dict.fromkeys([*([cfg.mask_structure] if cfg.nm else []), "2:4", "4:8"]))
-    per_layer: dict[str, dict[str, Any]] = {}
-    two_four = 0
-    for name, m in chosen.items():
-        z, n = zero_count(m.weight), m.weight.numel()
-        pattern = detect_pattern(m.weight, candidates)
-        per_layer[name] = {"sparsity": z / n, "zeros": z, "weights": n, "pattern": pattern}
-        two_four += satisfies(m.weight, 2, 4)
+    per_layer, two_four = _per_layer(chosen, candidates)
     zeros = sum(p["zeros"] for p in per_layer.values())
     total = sum(p["weights"] for p in per_layer.values())
     measured = zeros / total
@@ -176,32 +170,7 @@ def record(
         f"sparse kernel: {sparse_kernel}",
     ]
     target = cfg.target_sparsity
-    if abs(measured - target) > 0.005:
-        lo = min(p["sparsity"] for p in per_layer.values())
-        hi = max(p["sparsity"] for p in per_layer.values())
-        notes.append(
-            f"measured sparsity {100 * measured:.1f}% differs from the requested "
-            f"{100 * target:.1f}% by {100 * abs(measured - target):.1f} points (per layer "
-            f"{100 * lo:.1f}% to {100 * hi:.1f}%): zeros already in the weights add to it, "
-            "rounding of the per-row count takes from it"
-        )
-    if cfg.nm is not None:
-        notes.append(
-            f"every row keeps {cfg.nm[0]} of each {cfg.nm[1]} consecutive inputs"
-            + (
-                " (the pattern NVIDIA sparse tensor cores accelerate; "
-                + ("tried by the kernel choice)" if kernel_ok else "not used here)")
-                if cfg.nm == (2, 4)
-                else ""
-            )
-        )
-        off = [n for n, p in per_layer.items() if p["pattern"] != cfg.mask_structure]
-        if off:
-            notes.append(
-                f"the requested {cfg.mask_structure} pattern is NOT what {len(off)} of "
-                f"{len(per_layer)} layers hold (first: {off[0]}, "
-                f"{per_layer[off[0]]['pattern']})"
-            )
+    notes += _pattern_notes(cfg, per_layer, measured, kernel_ok)
     dtype = cfg.compute_dtype
     if dtype:
         notes.append(f"float parts of the model now compute in {dtype}")
@@ -223,6 +192,59 @@ def record(
         seconds=seconds,
         **extra,
     )
+
+
+def _per_layer(
+    chosen: dict[str, nn.Linear], candidates: tuple[str, ...]
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """Per layer the zeros, weights, sparsity and pattern counted on its weight; and how many
+    layers are exactly 2:4."""
+    from compress.numerics.sparsity import detect_pattern, satisfies, zero_count
+
+    per_layer: dict[str, dict[str, Any]] = {}
+    two_four = 0
+    for name, m in chosen.items():
+        z, n = zero_count(m.weight), m.weight.numel()
+        pattern = detect_pattern(m.weight, candidates)
+        per_layer[name] = {"sparsity": z / n, "zeros": z, "weights": n, "pattern": pattern}
+        two_four += satisfies(m.weight, 2, 4)
+    return per_layer, two_four
+
+
+def _pattern_notes(
+    cfg: PruneBase, per_layer: dict[str, dict[str, Any]], measured: float, kernel_ok: bool
+) -> list[str]:
+    """Where the measured sparsity or pattern is not what was asked, and what an N:M
+    pattern keeps per row."""
+    notes = []
+    target = cfg.target_sparsity
+    if abs(measured - target) > 0.005:
+        lo = min(p["sparsity"] for p in per_layer.values())
+        hi = max(p["sparsity"] for p in per_layer.values())
+        notes.append(
+            f"measured sparsity {100 * measured:.1f}% differs from the requested "
+            f"{100 * target:.1f}% by {100 * abs(measured - target):.1f} points (per layer "
+            f"{100 * lo:.1f}% to {100 * hi:.1f}%): zeros already in the weights add to it, "
+            "rounding of the per-row count takes from it"
+        )
+    if cfg.nm is None:
+        return notes
+    notes.append(
+        f"every row keeps {cfg.nm[0]} of each {cfg.nm[1]} consecutive inputs"
+        + (
+            " (the pattern NVIDIA sparse tensor cores accelerate; "
+            + ("tried by the kernel choice)" if kernel_ok else "not used here)")
+            if cfg.nm == (2, 4)
+            else ""
+        )
+    )
+    off = [n for n, p in per_layer.items() if p["pattern"] != cfg.mask_structure]
+    if off:
+        notes.append(
+            f"the requested {cfg.mask_structure} pattern is NOT what {len(off)} of "
+            f"{len(per_layer)} layers hold (first: {off[0]}, {per_layer[off[0]]['pattern']})"
+        )
+    return notes
 
 
 def _sparse_kernel(device: str, dtype: Any, pattern: str, two_four: int, layers: int):

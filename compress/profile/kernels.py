@@ -173,8 +173,6 @@ def choose_policy(
     choose (no quantized module with several paths, float parts already float32 and no 2:4
     Linear a semi-structured sparse kernel on this CUDA device could run).
     """
-    from compress.quant.modules import set_paths
-
     kinds = _kinds(model)
     start_dtype = _float_dtype(model)
     dtypes = list(dict.fromkeys([start_dtype, "float32"]))
@@ -209,20 +207,7 @@ def choose_policy(
             rows.append(trial("float_dtype", dt))
         best_dt = _pick(rows, both=True) or start_dtype
         _set_float_dtype(model, best_dt)
-        paths: dict[str, dict[str, str]] = {}
-        for kind, ms in multi.items():
-            cands = type(ms[0]).PATHS
-            rows = []
-            for p in cands:
-                for m in ms:
-                    set_paths(m, p, p, threshold)
-                rows.append(trial(kind, p))
-            paths[kind] = {
-                "decode": _pick(rows, key="decode_ms") or cands[0],
-                "prefill": _pick(rows, key="prefill_ms") or cands[0],
-            }
-            for m in ms:
-                set_paths(m, paths[kind]["decode"], paths[kind]["prefill"], threshold)
+        paths = _choose_paths(multi, threshold, trial)
         semi = (
             _try_semi_structured(model, sparse, sparse_skipped, device, trial, trials)
             if sparse
@@ -248,6 +233,30 @@ def choose_policy(
         policy["semi_structured"] = semi
     log.info("kernel policy: %s", describe(policy))
     return policy
+
+
+def _choose_paths(
+    multi: dict[str, list[nn.Module]], threshold: int, trial: Callable[[str, str], dict]
+) -> dict[str, dict[str, str]]:
+    """Per quantized module kind, every path timed; the fastest for decode calls and for
+    larger calls applied to all modules of that kind and returned."""
+    from compress.quant.modules import set_paths
+
+    paths: dict[str, dict[str, str]] = {}
+    for kind, ms in multi.items():
+        cands = type(ms[0]).PATHS
+        rows = []
+        for p in cands:
+            for m in ms:
+                set_paths(m, p, p, threshold)
+            rows.append(trial(kind, p))
+        paths[kind] = {
+            "decode": _pick(rows, key="decode_ms") or cands[0],
+            "prefill": _pick(rows, key="prefill_ms") or cands[0],
+        }
+        for m in ms:
+            set_paths(m, paths[kind]["decode"], paths[kind]["prefill"], threshold)
+    return paths
 
 
 def _sparse_candidates(model: nn.Module, device: str) -> tuple[list[str], dict[str, str]]:

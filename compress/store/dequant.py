@@ -20,14 +20,15 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
-_CHUNK = 1 << 20
 _OFF = ("0", "off", "false", "no")
+_KEY_FILE = "compress_dequant.json"
 
 
 def cache_root() -> Path | None:
@@ -40,14 +41,6 @@ def cache_root() -> Path | None:
     from compress.store.cache import default_cache_dir
 
     return default_cache_dir().parent / "dequantized"
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _versions() -> dict[str, str]:
@@ -64,30 +57,42 @@ def _versions() -> dict[str, str]:
 
 def cache_key(gguf: Path, dtype: str) -> dict[str, Any]:
     """What a cached copy must match: the file's bytes, the dtype and the converters."""
+    from compress.store.cache import _sha256
+
     return {
         "format": FORMAT,
-        "gguf_sha256": _file_sha256(gguf),
+        "gguf_sha256": _sha256(gguf),
         "gguf_name": gguf.name,
         "dtype": dtype,
         "versions": _versions(),
     }
 
 
-def _entry(root: Path, key: dict[str, Any]) -> Path:
-    blob = json.dumps(key, sort_keys=True).encode()
-    return root / f"{Path(key['gguf_name']).stem}-{hashlib.sha256(blob).hexdigest()[:16]}"
+@dataclass(frozen=True)
+class Entry:
+    """The cache folder of one (GGUF file, dtype, converter versions) and the key it holds."""
+
+    path: Path
+    key: dict[str, Any]
 
 
-def load_cached(gguf: Path, dtype: str, auto: Any, trust_remote_code: bool) -> tuple | None:
-    """(model, tokenizer, cache folder) from the cache, or None when absent, disabled or
-    unreadable (the caller then dequantizes the GGUF itself)."""
+def entry_for(gguf: Path, dtype: str) -> Entry | None:
+    """Where `gguf` dequantized to `dtype` is (or will be) cached; None when the cache is off.
+    Hashes the file once: the same Entry serves the lookup and, on a miss, the store."""
     root = cache_root()
     if root is None:
         return None
     key = cache_key(gguf, dtype)
-    entry = _entry(root, key)
+    blob = json.dumps(key, sort_keys=True).encode()
+    name = f"{Path(key['gguf_name']).stem}-{hashlib.sha256(blob).hexdigest()[:16]}"
+    return Entry(root / name, key)
+
+
+def load_cached(entry: Entry, auto: Any, trust_remote_code: bool) -> tuple | None:
+    """(model, tokenizer) from the cache, or None when absent or unreadable (the caller then
+    dequantizes the GGUF itself)."""
     try:
-        if json.loads((entry / "compress_dequant.json").read_text()) != key:
+        if json.loads((entry.path / _KEY_FILE).read_text()) != entry.key:
             return None
     except (OSError, ValueError):
         return None
@@ -96,39 +101,36 @@ def load_cached(gguf: Path, dtype: str, auto: Any, trust_remote_code: bool) -> t
 
     try:
         model = auto.from_pretrained(
-            entry,
-            dtype=getattr(torch, dtype),
+            entry.path,
+            dtype=getattr(torch, entry.key["dtype"]),
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
         )
-        tokenizer = AutoTokenizer.from_pretrained(entry, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(entry.path, trust_remote_code=trust_remote_code)
     except Exception as e:  # a damaged entry: dequantize afresh (and overwrite it)
-        log.warning("ignoring the dequantized cache at %s: %s", entry, e)
+        log.warning("ignoring the dequantized cache at %s: %s", entry.path, e)
         return None
-    return model, tokenizer, entry
+    return model, tokenizer
 
 
-def store(model: Any, tokenizer: Any, gguf: Path, dtype: str) -> Path | None:
+def store(entry: Entry, model: Any, tokenizer: Any) -> Path | None:
     """Save a freshly dequantized model for the next load; failures are logged, not raised
     (the cache is an optimization, the load already succeeded)."""
-    root = cache_root()
-    if root is None:
-        return None
-    key = cache_key(gguf, dtype)
-    entry = _entry(root, key)
+    root = entry.path.parent
     try:
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
         try:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-            (tmp / "compress_dequant.json").write_text(json.dumps(key, indent=2, sort_keys=True))
-            shutil.rmtree(entry, ignore_errors=True)
-            os.replace(tmp, entry)
+            (tmp / _KEY_FILE).write_text(json.dumps(entry.key, indent=2, sort_keys=True))
+            shutil.rmtree(entry.path, ignore_errors=True)
+            os.replace(tmp, entry.path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     except OSError as e:
         log.warning("could not cache the dequantized model under %s: %s", root, e)
         return None
-    log.info("cached the dequantized %s (%s) at %s", gguf.name, dtype, entry)
-    return entry
+    log.info("cached the dequantized %s (%s) at %s", entry.key["gguf_name"], entry.key["dtype"],
+             entry.path)  # fmt: skip
+    return entry.path

@@ -4,6 +4,7 @@ cache is ignored; nothing half-written is left behind."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -23,20 +24,26 @@ def cache(tmp_path, monkeypatch):
 
 
 def _load(gguf, dtype="float32"):
-    return dequant.load_cached(gguf, dtype, AutoModelForCausalLM, False)
+    entry = dequant.entry_for(gguf, dtype)
+    return None if entry is None else dequant.load_cached(entry, AutoModelForCausalLM, False)
+
+
+def _store(h, gguf, dtype="float32"):
+    entry = dequant.entry_for(gguf, dtype)
+    return None if entry is None else dequant.store(entry, h.model, h.tokenizer)
 
 
 def test_stored_copy_loads_back_bit_for_bit(cache):
     root, gguf = cache
     h = tiny_handle()
     assert _load(gguf) is None  # nothing cached yet
-    entry = dequant.store(h.model, h.tokenizer, gguf, "float32")
+    entry = _store(h, gguf)
     assert entry is not None and entry.parent == root
     assert [p.name for p in root.iterdir()] == [entry.name]  # no .partial left
     key = json.loads((entry / "compress_dequant.json").read_text())
-    assert key["gguf_sha256"] == dequant._file_sha256(gguf) and key["dtype"] == "float32"
-    model, tok, where = _load(gguf)
-    assert where == entry
+    assert key["gguf_sha256"] == hashlib.sha256(gguf.read_bytes()).hexdigest()
+    assert key["dtype"] == "float32" and dequant.entry_for(gguf, "float32").path == entry
+    model, tok = _load(gguf)
     a, b = h.model.state_dict(), model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert tok("hello there").input_ids == h.tokenizer("hello there").input_ids
@@ -45,7 +52,7 @@ def test_stored_copy_loads_back_bit_for_bit(cache):
 def test_another_file_dtype_or_version_misses(cache, monkeypatch):
     _, gguf = cache
     h = tiny_handle()
-    dequant.store(h.model, h.tokenizer, gguf, "float32")
+    _store(h, gguf)
     assert _load(gguf, "bfloat16") is None
     monkeypatch.setattr(dequant, "_versions", lambda: {"transformers": "0.0.1"})
     assert _load(gguf) is None
@@ -58,12 +65,12 @@ def test_another_file_dtype_or_version_misses(cache, monkeypatch):
 def test_a_damaged_entry_is_ignored(cache, caplog):
     _, gguf = cache
     h = tiny_handle()
-    entry = dequant.store(h.model, h.tokenizer, gguf, "float32")
+    entry = _store(h, gguf)
     (entry / "model.safetensors").write_bytes(b"not safetensors")
     with caplog.at_level("WARNING"):
         assert _load(gguf) is None
     assert "ignoring the dequantized cache" in caplog.text
-    assert dequant.store(h.model, h.tokenizer, gguf, "float32") == entry  # rewritten whole
+    assert _store(h, gguf) == entry  # rewritten whole
     assert _load(gguf) is not None
 
 
@@ -74,7 +81,7 @@ def test_disabled_cache_writes_and_reads_nothing(tmp_path, monkeypatch, value):
     gguf.write_bytes(b"GGUF")
     h = tiny_handle()
     assert dequant.cache_root() is None
-    assert dequant.store(h.model, h.tokenizer, gguf, "float32") is None
+    assert _store(h, gguf) is None
     assert _load(gguf) is None
     assert [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
 
@@ -93,5 +100,5 @@ def test_an_unwritable_cache_is_logged_not_raised(tmp_path, monkeypatch, caplog)
     gguf.write_bytes(b"GGUF")
     h = tiny_handle()
     with caplog.at_level("WARNING"):
-        assert dequant.store(h.model, h.tokenizer, gguf, "float32") is None
+        assert _store(h, gguf) is None
     assert "could not cache" in caplog.text
