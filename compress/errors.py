@@ -69,6 +69,10 @@ class BadInput(CompressError):
     """The recipe, a path, a model name or a data file is wrong (exit 2)."""
 
 
+class ExportError(BadInput):
+    """An export the chosen format cannot hold, or a place it cannot be written (exit 2)."""
+
+
 class ReleaseFailed(CompressError):
     """The compressed model must not be released, e.g. its outputs are NaN/inf (exit 1)."""
 
