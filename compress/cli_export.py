@@ -15,7 +15,11 @@ from compress.cli import _fail, app, out
 @app.command()
 def export(
     run_dir: Path = typer.Argument(..., help="A run folder (or one saved model folder)."),
-    fmt: str = typer.Option(..., "--format", help="gguf (llama.cpp, Ollama) or onnx."),
+    fmt: str = typer.Option(
+        ...,
+        "--format",
+        help="gguf (llama.cpp, Ollama), compressed-tensors (vLLM, transformers) or onnx.",
+    ),
     out_dir: Path | None = typer.Option(None, "--out", help="Default: RUN_DIR/exports."),
     variant: str | None = typer.Option(None, "--variant", help="Only this variant."),
     float_type: str = typer.Option(

@@ -1,7 +1,8 @@
-"""Deployable artifacts from a run: `compress export RUN_DIR --format gguf|onnx`.
+"""Deployable artifacts from a run: `compress export RUN_DIR --format gguf|compressed-tensors|onnx`.
 
 A run keeps each variant's model as `model/` (one-variant recipes) or `models/<name>/`; an
-export reads those folders (or one given directly), writes `<out>/<variant>.<ext>` atomically
+export reads those folders (or one given directly), writes `<out>/<variant>.gguf`,
+`<variant>.onnx` or the folder `<variant>-ct/` atomically
 next to `<variant>.<format>.json` (what was written: tensor types, which weights kept their
 codes exactly, the largest error of any that did not), and never overwrites an artifact.
 """
@@ -20,8 +21,8 @@ from compress.errors import ExportError
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("gguf", "onnx")
-_EXT = {"gguf": ".gguf", "onnx": ".onnx"}
+FORMATS = ("gguf", "compressed-tensors", "onnx")
+_EXT = {"gguf": ".gguf", "onnx": ".onnx", "compressed-tensors": "-ct"}
 MANIFEST = "compress_quant.json"
 
 
@@ -78,6 +79,8 @@ def export_folder(folder: Path, fmt: str, dest: Path, *, float_type: str = "f16"
     runtime = manifest.get("runtime", "torch")
     if fmt == "onnx":
         record = _export_onnx(folder, runtime, dest)
+    elif fmt == "compressed-tensors":
+        record = _export_ct(folder, runtime, dest)
     else:
         record = _export_gguf(folder, runtime, dest, float_type, manifest)
     record.update(seconds=round(time.perf_counter() - t0, 2), model_folder=str(folder))
@@ -106,6 +109,18 @@ def _export_gguf(folder, runtime, dest, float_type, manifest) -> dict[str, Any]:
     return write_gguf(
         handle.model, meta, dest, float_type=float_type, provenance=_short(provenance)
     )
+
+
+def _export_ct(folder: Path, runtime: str, dest: Path) -> dict[str, Any]:
+    from compress.export.ct import write_compressed_tensors
+    from compress.quant.serialize import load_compressed
+
+    if runtime != "torch":
+        raise ExportError(
+            f"{folder} runs in {runtime}; compressed-tensors export reads torch models with "
+            "int4/int8 weight-only layers."
+        )
+    return write_compressed_tensors(load_compressed(folder), dest)
 
 
 def _short(provenance: dict) -> dict:

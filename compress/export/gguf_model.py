@@ -40,6 +40,11 @@ _SHAPE_KEYS = (
     "attention.head_count_kv",
     "rope.dimension_count",
     "vocab_size",
+    "context_length",
+    "attention.layer_norm_rms_epsilon",
+    "rope.freq_base",
+    "attention.key_length",
+    "attention.value_length",
 )
 
 
@@ -154,9 +159,19 @@ def _shape_metadata(writer: Any, arch: str, cfg: Any) -> None:
     writer.add_uint32(f"{arch}.attention.head_count_kv", cfg.num_key_value_heads)
     writer.add_uint32(f"{arch}.rope.dimension_count", head_dim)
     writer.add_uint32(f"{arch}.vocab_size", cfg.vocab_size)
+    writer.add_uint32(f"{arch}.context_length", cfg.max_position_embeddings)
+    writer.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", cfg.rms_norm_eps)
+    writer.add_float32(f"{arch}.rope.freq_base", _rope_theta(cfg))
     if head_dim * cfg.num_attention_heads != cfg.hidden_size:  # llama.cpp reads these then
         writer.add_uint32(f"{arch}.attention.key_length", head_dim)
         writer.add_uint32(f"{arch}.attention.value_length", head_dim)
+
+
+def _rope_theta(cfg: Any) -> float:
+    params = getattr(cfg, "rope_parameters", None) or {}
+    if params.get("rope_type", "default") != "default":
+        raise ExportError(f"GGUF export handles default RoPE; this model has {params}")
+    return float(params.get("rope_theta") or getattr(cfg, "rope_theta", 10000.0))
 
 
 _FILE_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "f16": 1, "float32": 0}

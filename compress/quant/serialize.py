@@ -46,7 +46,10 @@ MODULE_KINDS = {
 }
 
 #: runtime name -> module with `save(handle, tmp_dir)` and `load(path, device) -> ModelHandle`
-RUNTIMES = {"onnxruntime": "compress.runtimes.onnxruntime"}
+RUNTIMES = {
+    "onnxruntime": "compress.runtimes.onnxruntime",
+    "llamacpp": "compress.runtimes.llamacpp",
+}
 
 
 def _kind_class(kind: str):
