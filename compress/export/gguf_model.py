@@ -230,7 +230,7 @@ def write_gguf(
 
 
 def _record(tensors: dict[str, dict], out_path: Path) -> dict[str, Any]:
-    requant = {n: t for n, t in tensors.items() if not t["how"].startswith(("exact", "float"))}
+    requant = {n: t for n, t in tensors.items() if "re-quantised" in t["how"]}
     worst = max(tensors.items(), key=lambda kv: kv[1]["relative"])
     return {
         "format": "gguf",

@@ -168,7 +168,12 @@ def _time_generation(
     lengths; fills `greedy` and `step_ms` per batch size for the context."""
     ms: list[dict[str, Any]] = []
     device = str(handle.device)
+    limit = getattr(handle.model, "max_batch_size", None)  # e.g. llama.cpp: one KV cache
     for bs in batch_sizes:
+        if limit is not None and bs > limit:
+            why = f"{handle.model.runtime} decodes at most {limit} sequence(s) at once here"
+            ms += [unavailable(n + suffix(bs), u, hib, why) for n, u, hib in GENERATION_METRICS]
+            continue
         log.info("profiling batch size %d (%d repeats, %d warm-up)", bs, repeats, cfg.warmup)
         res = profile_generation(
             handle.model,

@@ -20,8 +20,10 @@ crashed with "invalid opcode"; build with `GGML_NATIVE=OFF` and explicit AVX2/AV
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,6 +81,17 @@ def gguf_tensor_bytes(path: str | Path) -> int:
     return int(sum(t.n_bytes for t in gguf.GGUFReader(str(path)).tensors))
 
 
+_OPEN: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    """Free every llama.cpp model before interpreter shutdown: llama-cpp-python's own
+    finalizer prints a TypeError when it runs after its module globals are gone."""
+    for m in list(_OPEN):
+        m.close()
+
+
 @dataclass
 class LlamaCppCache:
     """How many positions of llama.cpp's own KV cache this output covers."""
@@ -99,6 +112,9 @@ class LlamaCppCausalLM(nn.Module):
     """A GGUF causal LM executed by llama.cpp. No torch parameters; `weight_nbytes()` reports
     the GGUF tensors' bytes."""
 
+    #: the profiler skips larger batch sizes, saying why (one KV cache, one sequence)
+    max_batch_size = 1
+
     def __init__(self, gguf_path: str | Path, config: Any, *, n_ctx: int = 4096):
         super().__init__()
         self.config = config
@@ -109,6 +125,7 @@ class LlamaCppCausalLM(nn.Module):
         self._n_past = 0
         self._weight_nbytes = gguf_tensor_bytes(self.path)
         self._build()
+        _OPEN.add(self)
 
     def _build(self) -> None:
         llama_cpp = import_llama()
@@ -126,6 +143,7 @@ class LlamaCppCausalLM(nn.Module):
             verbose=False,
         )
         self._threads, self._n_past = threads, 0
+        self._version = llama_cpp.__version__
         self.vocab = int(getattr(self.config, "vocab_size", 0) or self._llm.n_vocab())
 
     @property
@@ -141,7 +159,7 @@ class LlamaCppCausalLM(nn.Module):
 
     @property
     def runtime(self) -> str:
-        return "llama.cpp"
+        return f"llama.cpp (llama-cpp-python {self._version}, {self._threads} threads, CPU)"
 
     def weight_nbytes(self) -> int:
         return self._weight_nbytes

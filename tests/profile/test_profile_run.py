@@ -78,3 +78,24 @@ def test_stated_power_gives_estimate(profile_cfg):
         assert "power_watts x wall time" in e["reason"]
     else:  # a machine with RAPL measures instead
         assert e["status"] == "measured"
+
+
+def test_batch_sizes_a_runtime_cannot_run_are_unavailable_with_the_reason(profile_cfg):
+    """A runtime that decodes one sequence at a time (llama.cpp here) gets bs>1 skipped."""
+    import torch
+
+    h = tiny_handle()
+    type(h.model).max_batch_size = 1
+    h.model.runtime = "one-seq runtime"
+    threads = torch.get_num_threads()
+    try:
+        res = profile_model(
+            h, profile_cfg(batch_sizes=[1, 2], threads=1), quick=True, progress=False
+        )
+    finally:
+        torch.set_num_threads(threads)
+        del type(h.model).max_batch_size
+    ms = {m["name"]: m for m in res["measurements"]}
+    assert ms["decode.tokens_per_s"]["status"] == "measured"
+    assert ms["decode.tokens_per_s@bs2"]["status"] == "unavailable"
+    assert "one-seq runtime decodes at most 1" in ms["decode.tokens_per_s@bs2"]["reason"]
