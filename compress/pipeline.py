@@ -28,7 +28,7 @@ from compress.steps import RunState
 log = logging.getLogger(__name__)
 
 #: the steps before judging, in order; each reads and extends the RunState
-STEPS = (steps.load, steps.compress, steps.evaluate, steps.profile)
+STEPS = (steps.load, steps.compress, steps.evaluate, steps.profile, steps.export)
 
 
 def apply(

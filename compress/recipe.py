@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -202,6 +202,12 @@ class Recipe(Strict):
     profile: ProfileConfig = ProfileConfig()
     cost: CostConfig = CostConfig()
     gates: list[Gate] = Field([], description="applied to every variant that is not a control")
+    export: list[Literal["gguf", "compressed-tensors", "onnx"]] = Field(
+        [],
+        description="deployable files written for every variant after the run, as `compress "
+        "export` writes them (to <run>/exports/); a variant a format cannot hold is noted, "
+        "not fatal",
+    )
 
     @property
     def variant_list(self) -> list[Variant]:

@@ -40,6 +40,7 @@ class VariantRun:
     paired: dict = field(default_factory=dict)  # metric -> paired samples / stats.Paired
     task_pairs: dict = field(default_factory=dict)  # <task>.<metric> -> paired item statistics
     context: dict = field(default_factory=dict)
+    exports: list[dict] = field(default_factory=list)  # what `export:` wrote, or why not
 
     @property
     def name(self) -> str:
@@ -282,6 +283,30 @@ def _take_profile(st: RunState, prof: dict, *, timed_from: bool) -> None:
         v.ms += timed(v.name)
         v.context = dict(prof["context"][v.name], timing_protocol=prof["protocol"])
         v.paired.update(prof["paired"][v.name])
+
+
+def export(st: RunState) -> None:
+    """The recipe's `export:` formats for every variant, into <run>/exports/. A format that
+    cannot hold a variant is recorded with the reason (the run's results stand)."""
+    from compress.errors import ExportError
+    from compress.export import EXTENSIONS, export_folder
+
+    if not st.recipe.export:
+        return
+    out = st.run_dir / "exports"
+    out.mkdir(exist_ok=True)
+    for v in st.variants:
+        for fmt in st.recipe.export:
+            dest = out / f"{v.name}{EXTENSIONS[fmt]}"
+            with stage_errors(f"export ({fmt}, {v.name})"):
+                try:
+                    rec = export_folder(v.model_dir, fmt, dest)
+                except ExportError as e:
+                    log.warning("%s: not exported as %s: %s", v.name, fmt, e)
+                    v.exports.append({"format": fmt, "written": False, "reason": str(e)})
+                    continue
+            rec.pop("tensors", None)
+            v.exports.append({"written": True, **rec})
 
 
 def exact(name: str, value: float | None, unit: str, method: str) -> dict:

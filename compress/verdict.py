@@ -87,8 +87,29 @@ def _judge_variant(st: RunState, v: VariantRun, baseline: RunRecord, torch_rt: s
         cost=summarize(comparisons, st.recipe.cost, basis=basis),
         gates=gates,
         exit_code=exit_code(gates),
-        notes=variant_notes(comparisons, v.handle.stages) + policy_notes(v.policy, v.context),
+        notes=variant_notes(comparisons, v.handle.stages)
+        + policy_notes(v.policy, v.context)
+        + export_notes(v.exports),
     )
+
+
+def export_notes(exports: list[dict]) -> list[str]:
+    """One line per `export:` format: where the file is and what it holds, or why not."""
+    notes = []
+    for e in exports:
+        if not e["written"]:
+            notes.append(f"not exported as {e['format']}: {e['reason']}")
+            continue
+        types = e.get("tensor_types") or e.get("schemes") or {}
+        held = ", ".join(
+            f"{n} x {t}" if isinstance(n, int) else f"{t}: {n}" for t, n in types.items()
+        )
+        notes.append(
+            f"exported as {e['format']}: {e['path']} ({e['file_bytes'] / 1e6:.1f} MB"
+            + (f"; {held}" if held else "")
+            + ")"
+        )
+    return notes
 
 
 def with_task_comparisons(

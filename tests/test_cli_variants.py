@@ -42,6 +42,7 @@ def variants_run(tmp_path_factory, tiny_model_dir, tiny_data_dir):
         gates=[{"metric": "weights.bytes", "max_ratio": 0.5}],
     )
     del recipe["stages"]
+    recipe["export"] = ["compressed-tensors"]
     out = root / "reports"
     args = ("--out", out, "--quick", "--data-dir", tiny_data_dir, "--no-progress")
     try:
@@ -122,3 +123,15 @@ def test_a_report_newer_than_the_tool_is_refused(tmp_path):
     data["schema_version"] = 99
     res = run("report", write(tmp_path / "r.json", json.dumps(data)))
     assert res.exit_code == 2 and "newer than this tool reads" in res.output
+
+
+def test_recipe_exports_are_written_or_noted_per_variant(variants_run):
+    """`export:` writes each variant a format can hold; the others say why in their notes."""
+    run_dir = variants_run["run"]
+    assert (run_dir / "exports" / "int4-ct" / "config.json").is_file()
+    assert (run_dir / "exports" / "int8-ct" / "model.safetensors").is_file()
+    assert not (run_dir / "exports" / "bf16-ct").exists()
+    report = json.loads((run_dir / "report.json").read_text())
+    notes = {v["name"]: " ".join(v["notes"]) for v in report["variants"]}
+    assert "exported as compressed-tensors" in notes["int4"]
+    assert "not exported as compressed-tensors" in notes["bf16"] and "int4/int8" in notes["bf16"]

@@ -22,7 +22,7 @@ from compress.errors import ExportError
 log = logging.getLogger(__name__)
 
 FORMATS = ("gguf", "compressed-tensors", "onnx")
-_EXT = {"gguf": ".gguf", "onnx": ".onnx", "compressed-tensors": "-ct"}
+EXTENSIONS = {"gguf": ".gguf", "onnx": ".onnx", "compressed-tensors": "-ct"}
 MANIFEST = "compress_quant.json"
 
 
@@ -153,12 +153,14 @@ def export_run(
     float_type: str = "f16",
 ) -> list[dict[str, Any]]:
     """Export every variant (or one) of a run; each artifact beside its JSON record."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; supported: {', '.join(FORMATS)}.")
     folders = model_folders(path, variant)
     out_dir = Path(out_dir) if out_dir is not None else Path(path) / "exports"
     _writable(out_dir)
     records = []
     for name, folder in folders.items():
-        dest = out_dir / f"{name}{_EXT.get(fmt, '')}"
+        dest = out_dir / f"{name}{EXTENSIONS[fmt]}"
         log.info("exporting %s -> %s (%s)", folder, dest, fmt)
         record = export_folder(folder, fmt, dest, float_type=float_type)
         side = out_dir / f"{name}.{fmt}.json"
