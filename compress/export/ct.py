@@ -42,11 +42,11 @@ CT_KINDS = ("int4_linear", "int8_linear", "int8_embedding")
 
 
 def _grid(module: nn.Module) -> tuple[gb.Grid, int]:
-    from compress.numerics.grid import unpack_int4
+    from compress.export.gguf_model import int4_grid
 
-    t = module.export()
     if module.kind == "int4_linear":
-        return gb.grid_from_int4(unpack_int4(t["qweight_packed"]), t["scale"], t["zero"]), 4
+        return int4_grid(module), 4
+    t = module.export()
     return gb.grid_from_int8(t["qweight"], t["scale"]), 8
 
 

@@ -48,13 +48,16 @@ _SHAPE_KEYS = (
 )
 
 
+def int4_grid(module: nn.Module) -> gb.Grid:
+    """An Int4Linear's grid straight from its kernel layout (no packed round trip)."""
+    sz = module.scale_zero
+    return gb.grid_from_int4(module.codes(), sz[..., 0].t(), sz[..., 1].t())
+
+
 def _grid_of(module: nn.Module) -> gb.Grid:
     kind = module.kind
     if kind == "int4_linear":
-        t = module.export()
-        from compress.numerics.grid import unpack_int4
-
-        return gb.grid_from_int4(unpack_int4(t["qweight_packed"]), t["scale"], t["zero"])
+        return int4_grid(module)
     if kind in ("int8_linear", "dynamic_int8_linear"):
         t = module.export()
         return gb.grid_from_int8(t["qweight"], t["scale"])
