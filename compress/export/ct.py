@@ -1,20 +1,23 @@
 """Write a compressed model in the compressed-tensors format (what llm-compressor writes, and
 what vLLM and transformers with `compressed-tensors` installed load).
 
-Format `pack-quantized`: each quantized Linear stores `weight_packed` (its signed integer
-codes packed into int32 by compressed-tensors' own `pack_to_int32`), `weight_scale`
-[out, groups], `weight_shape`, and for an asymmetric grid `weight_zero_point` (integers,
-packed along the output dimension); `config.json` carries the `quantization_config` with one
-scheme per (bits, group size, symmetric) and the exact module names it targets. Its grid is
+Weight-only models use format `pack-quantized`: each quantized Linear stores
+`weight_packed` (its signed integer codes packed into int32 by compressed-tensors' own
+`pack_to_int32`), `weight_scale` [out, groups] and `weight_shape`. W8A8 models (smoothquant,
+dynamic_int8) use `int-quantized`: the int8 `weight` and `weight_scale` per channel, plus the
+input activations each module quantizes at run time (per token and symmetric for
+W8A8Linear, per tensor and asymmetric for torch.ao's dynamic linear). `config.json` carries
+the `quantization_config`: one scheme per (bits, group size, activations) naming the exact
+modules it targets. The grid is
 
     w = (q - zp) * scale       q, zp integers in the signed range of num_bits
 
 Our symmetric grids (zero == 0) map with the same codes; a grid whose float zero is a whole
 number k of steps (zero == k * scale, e.g. 2/3-bit codes in int4 containers) maps onto the
-SYMMETRIC grid with codes v + k, exactly. Asymmetric schemes (integer zero points) are never
-written: transformers 5.24 with compressed-tensors 0.20 refuses the packed zero points
-compressed-tensors itself writes (a shape check before decompression). A min/max grid with a
-free float zero (GGUF Q4_1-like) has no exact form and is refused with that reason.
+SYMMETRIC grid with codes v + k, exactly. Asymmetric weight schemes (integer zero points)
+are never written: transformers 5.24 with compressed-tensors 0.20 refuses the packed zero
+points compressed-tensors itself writes (a shape check before decompression). A min/max grid
+with a free float zero (GGUF Q4_1-like) has no exact form and is refused with that reason.
 A tied int8 lm_head is written as the float table it dequantizes to (the embedding reads
 it too), listed in `ignore`. Scales are written in float32 (our bf16 scales exactly), so
 the decompressed weights are ours bit for bit.
@@ -38,7 +41,18 @@ from compress.export import gguf_blocks as gb
 
 log = logging.getLogger(__name__)
 
-CT_KINDS = ("int4_linear", "int8_linear", "int8_embedding")
+CT_KINDS = (
+    "int4_linear",
+    "int8_linear",
+    "int8_embedding",
+    "w8a8_linear",
+    "dynamic_int8_linear",
+)
+#: activations quantized at run time, as each W8A8 module does it
+ACTIVATIONS = {
+    "w8a8_linear": ("token", True),  # int8 per token, symmetric (torch._int_mm path)
+    "dynamic_int8_linear": ("tensor", False),  # uint8 per tensor, asymmetric (fbgemm)
+}
 
 
 def _grid(module: nn.Module) -> tuple[gb.Grid, int]:
@@ -85,21 +99,26 @@ def compressed_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict, l
         if kind not in CT_KINDS:
             raise ExportError(
                 f"a {kind} module ({name}) has no compressed-tensors mapping here; supported: "
-                "int4 and int8 weight-only (rtn, gptq, awq) and float weights."
+                "int4 / int8 weight-only (rtn, gptq, awq), W8A8 (smoothquant, dynamic_int8) "
+                "and float weights."
             )
         if kind == "int8_embedding":
             grid, _ = _grid(module.weight_source)
             tensors[f"{name}.weight"] = grid.dequantize().contiguous()
             continue
         grid, bits = _grid(module)
+        act = ACTIVATIONS.get(kind)
         if id(module) in tied:
             ignored.append(name)  # the tied lm_head: the embedding's float table serves both
             continue
         codes, group = _symmetric_codes(grid, bits, name)
-        schemes.setdefault((bits, group, True), []).append(name)
-        tensors[f"{name}.weight_packed"] = pack_to_int32(codes, bits)
+        schemes.setdefault((bits, group, True, act), []).append(name)
+        if act is None:
+            tensors[f"{name}.weight_packed"] = pack_to_int32(codes, bits)
+            tensors[f"{name}.weight_shape"] = torch.tensor(list(codes.shape))
+        else:  # int-quantized: the int8 codes as they are
+            tensors[f"{name}.weight"] = codes.contiguous()
         tensors[f"{name}.weight_scale"] = grid.scale.float().contiguous()
-        tensors[f"{name}.weight_shape"] = torch.tensor(list(codes.shape))
         if getattr(module, "bias", None) is not None:
             tensors[f"{name}.bias"] = module.bias.detach().float()
     seen: set[int] = set()
@@ -124,7 +143,13 @@ def quantization_config(schemes: dict, ignored: list[str]) -> dict:
     )
 
     groups = {}
-    for i, ((bits, group, sym), names) in enumerate(sorted(schemes.items(), key=str)):
+    w8a8 = {key[3] is not None for key in schemes}
+    if len(w8a8) > 1:
+        raise ExportError(
+            "one compressed-tensors model holds weight-only layers or W8A8 layers, not both "
+            "(its format is pack-quantized or int-quantized)."
+        )
+    for i, ((bits, group, sym, act), names) in enumerate(sorted(schemes.items(), key=str)):
         args = QuantizationArgs(
             num_bits=bits,
             type="int",
@@ -132,10 +157,17 @@ def quantization_config(schemes: dict, ignored: list[str]) -> dict:
             strategy="channel" if group is None else "group",
             group_size=group,
         )
-        groups[f"group_{i}"] = QuantizationScheme(targets=sorted(names), weights=args)
+        inputs = None
+        if act is not None:
+            inputs = QuantizationArgs(
+                num_bits=8, type="int", symmetric=act[1], dynamic=True, strategy=act[0]
+            )
+        groups[f"group_{i}"] = QuantizationScheme(
+            targets=sorted(names), weights=args, input_activations=inputs
+        )
     qc = QuantizationConfig(
         config_groups=groups,
-        format="pack-quantized",
+        format="int-quantized" if w8a8 == {True} else "pack-quantized",
         quantization_status="compressed",
         ignore=sorted(set(ignored)),
     )
@@ -176,8 +208,9 @@ def write_compressed_tensors(handle: Any, dest: Path) -> dict[str, Any]:
         "path": str(dest),
         "file_bytes": size,
         "schemes": {
-            f"{b}-bit {'channel' if g is None else f'group {g}'} {'sym' if s else 'asym'}": len(n)
-            for (b, g, s), n in schemes.items()
+            f"{b}-bit {'channel' if g is None else f'group {g}'} {'sym' if s else 'asym'}"
+            + (f" + int8 activations per {a[0]}" if a else ""): len(n)
+            for (b, g, s, a), n in schemes.items()
         },
         "ignored": sorted(set(ignored)),
     }

@@ -213,6 +213,9 @@ def variant_section(r: Report, v: VariantResult, level: str) -> list[str]:
         f"- Baseline computes in {r.baseline.dtype}, this variant in {v.record.dtype}; "
         f"device {r.environment.get('device')}; quick={r.run.get('quick')}."
     )
+    runtimes = _runtimes(r.baseline.measurements, v.record.measurements)
+    if runtimes:
+        out.append(f"- Runtimes: {runtimes}.")
     out += ["", f"{level} Before / after", ""] + comparison_table(v)
     if any(c.scale is not None for c in v.comparisons):  # schema v2: the statistic is named
         out += ["", COLUMNS_NOTE]
@@ -225,6 +228,18 @@ def variant_section(r: Report, v: VariantResult, level: str) -> list[str]:
     if v.notes and level != "##":  # one variant: its notes join the run's
         out += ["", f"{level} Notes on {v.name}", ""] + [f"- {n}" for n in v.notes]
     return out
+
+
+def _runtimes(base: list[Measurement], comp: list[Measurement]) -> str:
+    """'baseline in X; this variant in Y' when the timed figures name their runtime."""
+
+    def one(ms):
+        return next((m.runtime for m in ms if m.name == "decode.tokens_per_s" and m.runtime), None)
+
+    b, c = one(base), one(comp)
+    if not (b and c):
+        return ""
+    return f"baseline in {b}; this variant in {c}" if b != c else f"both in {b}"
 
 
 #: divergence figures in llama.cpp's order: name -> (llama.cpp's label, what the interval is)

@@ -69,3 +69,32 @@ def test_min_max_grids_with_a_float_zero_are_refused(tmp_path):
 def test_a_float_model_has_nothing_to_write(tmp_path):
     with pytest.raises(ExportError, match="no int4/int8"):
         write_compressed_tensors(tiny_handle(), tmp_path / "ct")
+
+
+def test_w8a8_dynamic_int8_is_int_quantized_with_its_activation_scheme(tmp_path):
+    from compress.methods import dynamic_int8
+
+    h = tiny_handle()
+    _stage(h, dynamic_int8.DynamicInt8Config())
+    rec = write_compressed_tensors(h, tmp_path / "ct")
+    qc = json.loads((tmp_path / "ct" / "config.json").read_text())["quantization_config"]
+    assert qc["format"] == "int-quantized"
+    (group,) = qc["config_groups"].values()
+    acts = group["input_activations"]
+    assert acts["dynamic"] is True and acts["strategy"] == "tensor" and not acts["symmetric"]
+    assert list(rec["schemes"]) == ["8-bit channel sym + int8 activations per tensor"]
+    with torch.no_grad():
+        ours = h.model(IDS).logits.float()
+        theirs = _load_plain(tmp_path / "ct")(IDS).logits.float()
+    # both quantize activations per tensor at run time (fbgemm's rounding vs a fake-quant)
+    assert kl_per_token(ours, theirs) < 1e-3
+
+
+def test_weight_only_and_w8a8_layers_cannot_share_one_folder(tmp_path):
+    from compress.methods import dynamic_int8
+
+    h = tiny_handle()
+    _stage(h, rtn.RTNConfig(bits=4, group_size=32, targets=["re:.*mlp.*"]))
+    _stage(h, dynamic_int8.DynamicInt8Config(targets=["re:.*self_attn.*"]))
+    with pytest.raises(ExportError, match="not both"):
+        write_compressed_tensors(h, tmp_path / "ct")
