@@ -106,6 +106,8 @@ def apply(ctx: StageContext, cfg: LlamaCppConfig) -> StageRecord:
     source = _source_file(handle)
     t0 = time.perf_counter()
     before = weight_bytes(handle.model)
+    if ctx.scratch_dir is not None:
+        Path(ctx.scratch_dir).mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="llamacpp-", dir=ctx.scratch_dir))
     notes, details = [], {}
     if cfg.weights == "source":
