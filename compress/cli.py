@@ -346,7 +346,7 @@ def schema(
         raise typer.Exit(EXIT_BAD_INPUT)
 
 
-from compress import cli_eval, cli_export, cli_report  # noqa: E402,F401 - register their commands on the app
+from compress import cli_eval, cli_export, cli_report, cli_sweep  # noqa: E402,F401 - register their commands on the app
 
 
 def main() -> None:
