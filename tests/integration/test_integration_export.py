@@ -63,10 +63,22 @@ def test_compressed_tensors_loads_in_plain_transformers_with_our_logits(saved, t
     from transformers import AutoModelForCausalLM
 
     from compress.export import export_folder
+    from compress.export.gguf_model import int4_grid
     from compress.testing import kl_per_token
 
     export_folder(saved["folder"], "compressed-tensors", tmp_path / "ct")
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "ct").eval()
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+
+    mods = dict(plain.named_modules())
+    for name, m in saved["handle"].model.named_modules():  # the export itself is exact
+        if getattr(m, "kind", None) == "int4_linear":
+            t = mods[name]  # transformers keeps the packed form and decompresses on the fly
+            q = unpack_from_int32(t.weight_packed, 4, torch.Size(t.weight_shape.tolist()))
+            w = q.float() * t.weight_scale.float().repeat_interleave(32, dim=1)
+            assert torch.equal(w, int4_grid(m).dequantize()), name
     with torch.no_grad():
         got = plain(saved["ids"]).logits.float()
-    assert kl_per_token(saved["logits"], got) < 1e-4
+    # the logits differ by compute precision only: our int4 kernel takes bf16 activations,
+    # transformers runs the decompressed float32 weights in float32 (measured KLD ~1e-3)
+    assert kl_per_token(saved["logits"], got) < 5e-3

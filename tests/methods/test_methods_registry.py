@@ -31,6 +31,7 @@ SHIPPED = {
     "bnb",
     "dynamic_int8",
     "gptq",
+    "llamacpp",
     "magnitude",
     "onnx_int8",
     "rtn",

@@ -35,7 +35,6 @@ EXAMPLE_PLOTS = {
     "bars-cost",
     "bars-quality",
     "latency-bs1",
-    "latency-bs8",
     "kld",
 }
 
@@ -113,7 +112,9 @@ def test_committed_examples_render_with_exact_numbers(path):
     body = next(a for t, a in doc.elements if t == "body")
     assert body["data-exit-code"] == str(report.exit_code)
     ratios = {f"ratios-{i}" for i in range(len(report.variants))}
-    _plots_ok(doc, EXAMPLE_PLOTS | ratios)
+    batches = report.baseline.context.get("batch_sizes") or [1]  # each profiled batch size
+    latency = {f"latency-bs{b}" for b in batches}
+    _plots_ok(doc, EXAMPLE_PLOTS | ratios | latency)
     assert "bars-energy" not in doc.figures  # unavailable everywhere: no bar, no figure
     for v in report.variants:
         rows = doc.of("comparison", variant=v.name)
