@@ -278,9 +278,13 @@ def weight_difference(ours, plain) -> float:
     mods = dict(plain.named_modules())
     for name, m in ours.named_modules():
         if getattr(m, "kind", None) == "int4_linear":
-            t = mods[name]  # transformers keeps the packed form, decompressed on the fly
-            q = unpack_from_int32(t.weight_packed, 4, torch.Size(t.weight_shape.tolist()))
-            w = q.float() * t.weight_scale.float().repeat_interleave(m.group_size, dim=1)
+            t = mods[name]  # packed until its first forward, decompressed after
+            if hasattr(t, "weight_packed"):
+                shape = torch.Size(t.weight_shape.tolist())
+                q = unpack_from_int32(t.weight_packed, 4, shape).float()
+                w = q * t.weight_scale.float().repeat_interleave(m.group_size, dim=1)
+            else:
+                w = t.weight.float()
             worst = max(worst, float((w - int4_grid(m).dequantize()).abs().max()))
     return worst
 
