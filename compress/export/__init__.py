@@ -26,6 +26,11 @@ EXTENSIONS = {"gguf": ".gguf", "onnx": ".onnx", "compressed-tensors": "-ct"}
 MANIFEST = "compress_quant.json"
 
 
+def check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; supported: {', '.join(FORMATS)}.")
+
+
 def model_folders(path: Path, variant: str | None = None) -> dict[str, Path]:
     """variant name -> model folder, from a run folder or a model folder itself."""
     path = Path(path)
@@ -70,8 +75,7 @@ def source_gguf(folder: Path) -> Path | None:
 
 def export_folder(folder: Path, fmt: str, dest: Path, *, float_type: str = "f16") -> dict[str, Any]:
     """Export one saved model folder to `dest` (a file path); returns the export record."""
-    if fmt not in FORMATS:
-        raise ExportError(f"unknown export format {fmt!r}; supported: {', '.join(FORMATS)}.")
+    check_format(fmt)
     if dest.exists():
         raise ExportError(f"{dest} exists; exports are never overwritten (remove it first).")
     t0 = time.perf_counter()
@@ -153,8 +157,7 @@ def export_run(
     float_type: str = "f16",
 ) -> list[dict[str, Any]]:
     """Export every variant (or one) of a run; each artifact beside its JSON record."""
-    if fmt not in FORMATS:
-        raise ExportError(f"unknown export format {fmt!r}; supported: {', '.join(FORMATS)}.")
+    check_format(fmt)
     folders = model_folders(path, variant)
     out_dir = Path(out_dir) if out_dir is not None else Path(path) / "exports"
     _writable(out_dir)
