@@ -10,6 +10,7 @@ failure.json naming the stage and the exit code before re-raising.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -42,6 +43,7 @@ def apply(
     progress: bool = True,
     argv: list[str] | None = None,
     resume: str | Path | None = None,
+    shared_node: bool = False,
 ) -> tuple[Report, Path]:
     """Run the recipe; write reports/<name>/<UTC>/report.{json,md,html} + model/. Never
     overwrites. `resume`: an interrupted or failed run folder of the same recipe to continue in
@@ -74,6 +76,7 @@ def apply(
         text=text,
         progress=progress,
         data_dir=data_dir or recipe.eval.data_dir,
+        shared_node=shared_node,
     )
     try:
         report = _run(st)
@@ -129,9 +132,13 @@ def check_resumable(run_dir: Path, recipe: Recipe) -> dict:
 
 
 def _run(st: RunState) -> Report:
+    from compress.profile import nodelock
+
     for step in STEPS:
         log.debug("step %s", step.__name__)
-        step(st)
+        shared = st.shared_node and step is not steps.profile
+        with nodelock.compute() if shared else contextlib.nullcontext():
+            step(st)
     report = verdict.judge(st)
     verdict.write(st, report)
     return report

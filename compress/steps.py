@@ -61,6 +61,7 @@ class RunState:
     text: Any  # the WikiText-2 test text (None when eval.wikitext2 is off)
     progress: bool
     data_dir: str | None
+    shared_node: bool = False  # a sweep trial: compute shares the node, timing holds it alone
     t0: float = field(default_factory=time.perf_counter)
     base: ModelHandle | None = None
     windows: Any = None  # token windows [n, seq_len] for perplexity and KLD
@@ -238,6 +239,7 @@ def _evaluate_tasks(st: RunState) -> None:
 def profile(st: RunState) -> None:
     """Free the in-process models, then time the baseline and every variant in interleaved
     rounds of fresh processes (one process per model per round)."""
+    from compress.profile import nodelock
     from compress.profile.memory import dir_bytes
     from compress.profile.paired import Arm, profile_paired
 
@@ -251,7 +253,7 @@ def profile(st: RunState) -> None:
         arms = [Arm("baseline", str(timing_copy or recipe.model), "float32")]
         arms += [Arm(v.name, str(v.model_dir), v.handle.dtype, v.policy) for v in st.variants]
         try:
-            with stage_errors("profile"):
+            with stage_errors("profile"), nodelock.timing():
                 prof = profile_paired(
                     arms, recipe.profile, quick=st.quick, device=st.device, seed=recipe.seed
                 )
