@@ -44,14 +44,17 @@ def test_bad_spaces_are_exit_2(tmp_path, base, space, message):
 def test_a_missing_sweep_file_and_an_unknown_executor_are_exit_2(tmp_path, base):
     assert run("sweep", tmp_path / "nope.yaml").exit_code == 2
     s = _sweep(tmp_path, {"stages.0.bits": [4]})
-    res = run("sweep", s, "--executor", "ray")
+    res = run("sweep", s, "--executor", "dask")
     assert res.exit_code == 2 and "local" in res.output
 
 
 def test_a_tiny_sweep_runs_as_one_report(tmp_path, base, tiny_data_dir):
     s = _sweep(tmp_path, {"stages.0.group_size": [32, 64]})
     out = tmp_path / "reports"
-    res = run("sweep", s, "--out", out, "--quick", "--data-dir", tiny_data_dir, "--no-progress")
+    res = run(
+        "sweep", s, "--out", out, "--quick", "--data-dir", tiny_data_dir, "--no-progress",
+        "--executor", "one-run",
+    )  # fmt: skip
     assert res.exit_code in (0, 3), res.output
     (report_path,) = (out / "tiny-sweep").glob("*/report.json")
     report = json.loads(report_path.read_text())

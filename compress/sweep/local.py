@@ -1,7 +1,7 @@
-"""The local executor: every valid point of a sweep as one variant of ONE recipe, run by the
-ordinary pipeline in this process, so the baseline is loaded, scored and timed once and every
-trial is paired with it on the same windows and in the same interleaved timing rounds. This
-is also the sequential reference a distributed executor is measured against."""
+"""Reading a sweep and turning its points into recipes: either one trial per point (`plan`,
+for the Ray and local executors), or every point as a variant of ONE recipe (`sweep_recipe`,
+the `one-run` executor: the baseline loaded, scored and timed once, every point paired with
+it on the same windows and in the same interleaved timing rounds)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import yaml
 from compress.errors import BadInput
 from compress.recipe import load_recipe, parse_recipe
 from compress.sweep.space import Point, SweepSpec, expand
+from compress.sweep.trial import TrialJob, trial_key
 
 
 def load_sweep(path: str | Path) -> tuple[SweepSpec, Any, list[Point]]:
@@ -37,14 +38,14 @@ def load_sweep(path: str | Path) -> tuple[SweepSpec, Any, list[Point]]:
     return spec, base, points
 
 
-def sweep_recipe(spec: SweepSpec, base: Any, points: list[Point]) -> Any:
-    """One recipe whose variants are the sweep's valid points (the base's gates apply)."""
+def sweep_recipe(spec: SweepSpec, base: Any, points: list[Point], name: str | None = None) -> Any:
+    """One recipe whose variants are the given valid points (the base's gates apply)."""
     data = base.model_dump(mode="json")
     data.pop("stages", None)
     if spec.calibration is not None:
         data["calibration"] = spec.calibration
     data.update(
-        name=spec.name,
+        name=name or spec.name,
         description=spec.description or f"sweep over {', '.join(spec.space)} of {base.name}",
         variants=[
             {
@@ -58,3 +59,36 @@ def sweep_recipe(spec: SweepSpec, base: Any, points: list[Point]) -> Any:
         ],
     )
     return parse_recipe(data, source=f"sweep {spec.name}")
+
+
+def plan(
+    spec: SweepSpec,
+    base: Any,
+    points: list[Point],
+    sweep_dir: Path,
+    *,
+    quick: bool,
+    data_dir: str | None,
+    threads: int | None,
+    argv: list[str],
+) -> list[TrialJob]:
+    """One trial per valid point: its own one-variant recipe, folder and key."""
+    jobs = []
+    for p in points:
+        if p.invalid is not None:
+            continue
+        recipe = sweep_recipe(spec, base, [p], name=p.name)
+        jobs.append(
+            TrialJob(
+                name=p.name,
+                key=trial_key(p.key, quick),
+                values=p.values,
+                recipe=recipe.model_dump(mode="json", exclude_unset=True),
+                sweep_dir=str(sweep_dir.resolve()),
+                quick=quick,
+                data_dir=data_dir,
+                threads=threads,
+                argv=argv,
+            )
+        )
+    return jobs
