@@ -122,6 +122,25 @@ def _print_trials(run) -> None:
             r("wikitext2.perplexity"), r("weights.bytes"), r("decode.tokens_per_s"),
         )  # fmt: skip
     out.print(t)
+    if run.spec.objective == "cheapest":
+        _print_search(run)
     out.print(f"\nsweep: [bold]{run.sweep_dir / 'sweep.json'}[/]")
     if (run.sweep_dir / "compare.md").exists():
         out.print(f"compare: [bold]{run.sweep_dir / 'compare.md'}[/]")
+
+
+def _print_search(run) -> None:
+    from compress.sweep.search import screened
+
+    t = Table(title="screen (quick eval, no timing)")
+    for col in ("point", "ppl loss", "weights ratio", "full trial", "why"):
+        t.add_column(col, overflow="fold")
+    for name, (selected, why) in run.selection.items():
+        s = screened(name, run.screen.get(name))
+        loss = "-" if s.loss is None else f"{100 * s.loss:+.2f}%"
+        w = "-" if s.weights is None else f"{s.weights:.3f}x"
+        t.add_row(name, loss, w, "yes" if selected else "no", escape(why))
+    out.print(t)
+    if run.chosen is not None:
+        name, why = run.chosen
+        out.print(f"[bold]chosen:[/] {escape(name or 'none')}: {escape(why)}")

@@ -96,6 +96,13 @@ class ProfileConfig(Strict):
         description="stated device power; used only to ESTIMATE energy when none is measured",
     )
     enabled: bool = True
+    kernels: Literal["auto", "fixed"] = Field(
+        "auto",
+        description="auto: time the quantized modules' execution paths on this host and use "
+        "the fastest agreeing ones (evaluation too, so the last digits of quality numbers can "
+        "differ between runs that chose differently); fixed: each module's default path, no "
+        "timing, quality numbers bit-reproducible run to run",
+    )
 
 
 class CostConfig(Strict):

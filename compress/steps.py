@@ -331,7 +331,7 @@ def _baseline_for_timing(base: ModelHandle, run_dir: Path) -> Path | None:
 
 def _kernel_policy(comp: ModelHandle, profile, device: str) -> dict | None:
     """Time the compressed model's execution paths on this host (torch runtime only)."""
-    if comp.runtime != "torch":
+    if comp.runtime != "torch" or profile.kernels == "fixed":
         return None
     from compress.profile.kernels import choose_policy
 

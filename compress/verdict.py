@@ -88,7 +88,7 @@ def _judge_variant(st: RunState, v: VariantRun, baseline: RunRecord, torch_rt: s
         gates=gates,
         exit_code=exit_code(gates),
         notes=variant_notes(comparisons, v.handle.stages)
-        + policy_notes(v.policy, v.context)
+        + policy_notes(v.policy, v.context, st.recipe.profile.kernels)
         + export_notes(v.exports),
     )
 
@@ -157,9 +157,15 @@ def cost_basis(comp: ModelHandle, runtime: str | None, policy: dict | None) -> d
     }
 
 
-def policy_notes(policy: dict | None, context: dict) -> list[str]:
+def policy_notes(policy: dict | None, context: dict, kernels: str = "auto") -> list[str]:
     from compress.profile.kernels import describe
 
+    if kernels == "fixed":
+        return [
+            "profile.kernels: fixed: every quantized module ran its default execution path "
+            "(none was timed and chosen on this host), so the quality numbers are "
+            "bit-reproducible run to run; `auto` may be faster."
+        ]
     if not policy:
         return []
     return [

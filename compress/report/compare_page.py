@@ -171,7 +171,12 @@ def _runs_table(runs: list[LoadedRun]) -> list[dict[str, str]]:
     ]
 
 
-def _context(runs: list[LoadedRun], rows: list[Row], warnings: list[str]) -> dict[str, Any]:
+def _context(
+    runs: list[LoadedRun],
+    rows: list[Row],
+    warnings: list[str],
+    chosen: tuple[str, str] | None = None,
+) -> dict[str, Any]:
     status = pareto_status(rows)
     n = sum(r.kind != "baseline" for r in rows)
     users = _baseline_users(runs, rows)
@@ -189,7 +194,7 @@ def _context(runs: list[LoadedRun], rows: list[Row], warnings: list[str]) -> dic
         ],
         "runs": _runs_table(runs),
         "warnings": list(warnings),
-        "front": _front_text(rows),
+        "front": ([f"Chosen: {chosen[0]}: {chosen[1]}."] if chosen else []) + _front_text(rows),
         "notes": notes(runs, rows),
         "colors": {k: v[0] for k, v in STYLES.items()},
     }
@@ -199,9 +204,12 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def render_markdown(runs: list[LoadedRun], rows: list[Row], warnings: list[str]) -> str:
-    """The comparison as Markdown: warnings, the front, one table row per row, the runs."""
-    ctx = _context(runs, rows, warnings)
+def render_markdown(
+    runs: list[LoadedRun], rows: list[Row], warnings: list[str], chosen=None
+) -> str:
+    """The comparison as Markdown: warnings, the choice of a budgeted search (name, why), the
+    front, one table row per row, the runs."""
+    ctx = _context(runs, rows, warnings, chosen)
     out = [f"# {ctx['title']}", ""]
     if warnings:
         out += ["**Not comparable, shown anyway (--allow-mismatch):**", ""]
@@ -220,10 +228,11 @@ def render_markdown(runs: list[LoadedRun], rows: list[Row], warnings: list[str])
     return "\n".join(out) + "\n"
 
 
-def render_html(runs: list[LoadedRun], rows: list[Row], warnings: list[str]) -> str:
+def render_html(runs: list[LoadedRun], rows: list[Row], warnings: list[str], chosen=None) -> str:
     """The comparison as one self-contained HTML page: the Pareto plot as inline SVG and a
     table with the same rows (data-* hooks on each row and number)."""
-    return render_template("compare.html.j2", svg=_svg(rows), **_context(runs, rows, warnings))
+    ctx = _context(runs, rows, warnings, chosen)
+    return render_template("compare.html.j2", svg=_svg(rows), **ctx)
 
 
 # -- writing ------------------------------------------------------------------------------

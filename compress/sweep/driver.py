@@ -2,6 +2,8 @@
 
     <out>/<sweep name>/
         sweep.json          every point, skipped ones with the reason, each trial's record
+                            (objective cheapest: the screen, the selection and the choice)
+        screen/<point>/     objective cheapest: the quick, untimed first rung
         compare.md/.html    `compress compare` over every finished trial (Pareto front marked)
         trials/<point>/     trial.json + the trial's run folder (report.json, model/, ...)
         ray/                Ray Tune's own experiment state (executor ray)
@@ -17,8 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from compress.errors import EXIT_INTERNAL, EXIT_SIGINT, BadInput
-from compress.sweep import execute
+from compress.errors import EXIT_GATE_FAILED, EXIT_INTERNAL, EXIT_SIGINT, BadInput
+from compress.sweep import execute, search
 from compress.sweep.local import plan
 from compress.sweep.trial import finished, read_record
 
@@ -45,76 +47,116 @@ def parse_bytes(text: str | None) -> int | None:
 
 class SweepRun:
     def __init__(self, spec, points, base, out_dir: Path, *, quick: bool, data_dir=None):
-        self.spec, self.points = spec, points
+        self.spec, self.points, self.base, self.quick = spec, points, base, quick
+        self.data_dir = str(data_dir) if data_dir else None
         self.sweep_dir = Path(out_dir) / spec.name
-        self.jobs = plan(
-            spec, base, points, self.sweep_dir, quick=quick,
-            data_dir=str(data_dir) if data_dir else None, threads=None, argv=sys.argv,
-        )  # fmt: skip
-        self.records: dict[str, dict[str, Any]] = {}
-        for j in self.jobs:  # what earlier runs left, so the summary is whole from the start
-            rec = read_record(j.folder)
-            if rec is not None:
-                self.records[j.name] = rec
+        self.records: dict[str, dict[str, Any]] = {}  # full trials
+        self.screen: dict[str, dict[str, Any]] = {}  # the budgeted search's first rung
+        self.selection: dict[str, tuple[bool, str]] = {}
+        self.chosen: tuple[str | None, str] | None = None
+        self.jobs = self._jobs("trials", points if spec.objective == "all" else [])
 
-    def on_result(self, rec: dict[str, Any]) -> None:
-        self.records[rec["name"]] = rec
-        state = "finished earlier" if rec.get("skipped") else rec.get("status")
-        log.info("trial %s: %s (exit %s)", rec["name"], state, rec.get("exit_code"))
-        execute.write_summary(self.sweep_dir, self.spec, self.points, self.records)
+    def _jobs(self, rung: str, points: list) -> list:
+        return plan(
+            self.spec, self.base, points, self.sweep_dir, quick=self.quick,
+            data_dir=self.data_dir, threads=None, argv=sys.argv, rung=rung,
+        )  # fmt: skip
 
     def execute(self, executor: str, *, address=None, cpus=None, gpus=None, memory=None) -> int:
         res = execute.default_resources(cpus, gpus, parse_bytes(memory))
         ray = executor == "ray"
         with execute.ray_session(address, res) if ray else contextlib.nullcontext():
-            return self._execute(ray, res)
+            try:
+                self.sweep_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise BadInput(
+                    f"Output folder '{self.sweep_dir}' cannot be created: {e.strerror or e}.",
+                    fix="Pass --out with a folder you can write to.",
+                ) from None
+            if self.spec.objective == "cheapest":
+                return self._search(ray, res)
+            interrupted = self._rung(self.jobs, self.records, ray, res)
+            return self._finish(interrupted)
 
-    def _execute(self, ray: bool, res: execute.Resources) -> int:
-        try:
-            self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise BadInput(
-                f"Output folder '{self.sweep_dir}' cannot be created: {e.strerror or e}.",
-                fix="Pass --out with a folder you can write to.",
-            ) from None
-        jobs = [_with_threads(j, res.cpus) if ray else j for j in self.jobs]
+    def _search(self, ray: bool, res) -> int:
+        """Screen every point, then run the candidates fully and choose (`search.py`)."""
+        screen = self._jobs("screen", self.points)
+        if self._rung(screen, self.screen, ray, res):
+            return self._finish(True)
+        rows = [search.screened(j.name, self.screen.get(j.name)) for j in screen]
+        cfg = self.spec.search
+        self.selection = search.select_candidates(
+            rows, margin=cfg.margin, max_candidates=cfg.max_candidates
+        )
+        picked = [p for p in self.points if self.selection.get(p.name, (False, ""))[0]]
+        log.info("screen: %d of %d point(s) go to full trials", len(picked), len(screen))
+        self.jobs = self._jobs("trials", picked)
+        interrupted = self._rung(self.jobs, self.records, ray, res)
+        if not interrupted:
+            self.chosen = search.choose({j.name: self.records.get(j.name, {}) for j in self.jobs})
+            log.info("chosen: %s (%s)", *self.chosen)
+        return self._finish(interrupted)
+
+    def _rung(self, jobs: list, records: dict, ray: bool, res) -> bool:
+        """Run the rung's unfinished trials; True when interrupted."""
+        jobs = [_with_threads(j, res.cpus) if ray else j for j in jobs]
         pending = []
         for j in jobs:  # finished earlier for the same key: reported, not run again
             rec = finished(j)
             if rec is None:
                 pending.append(j)
             else:
-                self.records[j.name] = dict(rec, skipped=True)
-        execute.write_summary(self.sweep_dir, self.spec, self.points, self.records)
-        interrupted = False
+                records[j.name] = dict(rec, skipped=True)
+        self._summary()
+
+        def on_result(rec: dict[str, Any]) -> None:
+            records[rec["name"]] = rec
+            state = "finished earlier" if rec.get("skipped") else rec.get("status")
+            log.info("trial %s: %s (exit %s)", rec["name"], state, rec.get("exit_code"))
+            self._summary()
+
         try:
             if not pending:
-                log.info("every trial of this sweep finished earlier; nothing to run")
+                log.info("every trial of this rung finished earlier; nothing to run")
             elif ray:
-                execute.run_ray(pending, self.on_result, res)
+                execute.run_ray(pending, on_result, res)
             else:
-                execute.run_local(pending, self.on_result)
+                execute.run_local(pending, on_result)
         except KeyboardInterrupt:
-            interrupted = True
-        self._refresh()
-        execute.write_summary(self.sweep_dir, self.spec, self.points, self.records)
+            return True
+        finally:
+            _refresh(jobs, records)
+            self._summary()
+        return any((records.get(j.name) or {}).get("status") in (None, "interrupted") for j in jobs)
+
+    def _summary(self) -> None:
+        search_part = None
+        if self.spec.objective == "cheapest":
+            search_part = {
+                "screen": self.screen,
+                "selection": {n: {"selected": s, "why": w} for n, (s, w) in self.selection.items()},
+                "chosen": None
+                if self.chosen is None
+                else {"name": self.chosen[0], "why": self.chosen[1]},
+            }
+        execute.write_summary(self.sweep_dir, self.spec, self.points, self.records, search_part)
+
+    def _finish(self, interrupted: bool) -> int:
+        self._summary()
         self._compare()
         return self.exit_code(interrupted)
 
-    def _refresh(self) -> None:
-        """Read every trial's record from disk: what a worker wrote is the truth."""
-        for j in self.jobs:
-            rec = read_record(j.folder)
-            if rec is not None and rec.get("key") == j.key:
-                skipped = self.records.get(j.name, {}).get("skipped")
-                self.records[j.name] = dict(rec, **({"skipped": True} if skipped else {}))
-
     def exit_code(self, interrupted: bool) -> int:
-        """The worst finished trial's exit code; 130 when interrupted or a trial never ran
-        to an end (a re-run picks those up)."""
+        """130 when interrupted or a trial never ran to an end (a re-run picks those up);
+        `cheapest`: 0 when a candidate passing every gate was chosen; otherwise the worst
+        trial's exit code, as `compress apply` gives the worst variant's."""
         done = [self.records.get(j.name) for j in self.jobs]
         if interrupted or any(r is None or r.get("status") == "interrupted" for r in done):
             return EXIT_SIGINT
+        if self.chosen is not None and self.chosen[0] is not None:
+            return 0
+        if not done:
+            return EXIT_GATE_FAILED  # a search whose screen left no candidate
         return max(int(r.get("exit_code", EXIT_INTERNAL)) for r in done)
 
     def _compare(self) -> None:
@@ -127,6 +169,7 @@ class SweepRun:
         ]
         if not dirs:
             return
+        chosen = self.chosen if self.chosen and self.chosen[0] else None
         try:
             loaded = runs.load_runs(dirs)
             warnings = runs.check_compatible(loaded, allow_mismatch=True)
@@ -134,11 +177,20 @@ class SweepRun:
             compare_page.write_outputs(
                 self.sweep_dir / "compare.html",
                 self.sweep_dir / "compare.md",
-                compare_page.render_html(loaded, rows, warnings),
-                compare_page.render_markdown(loaded, rows, warnings),
+                compare_page.render_html(loaded, rows, warnings, chosen=chosen),
+                compare_page.render_markdown(loaded, rows, warnings, chosen=chosen),
             )
         except Exception as e:  # noqa: BLE001 - the trials' results stand without the page
             log.warning("the sweep's comparison page was not written: %s", e)
+
+
+def _refresh(jobs: list, records: dict) -> None:
+    """Every trial's record as on disk: what a worker wrote is the truth."""
+    for j in jobs:
+        rec = read_record(j.folder)
+        if rec is not None and rec.get("key") == j.key:
+            skipped = records.get(j.name, {}).get("skipped")
+            records[j.name] = dict(rec, **({"skipped": True} if skipped else {}))
 
 
 def _with_threads(job, cpus: float):

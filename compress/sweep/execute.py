@@ -178,8 +178,11 @@ def default_resources(cpus: float | None, gpus: float | None, memory: int | None
     return Resources(cpus=cpus or float(node_cpus()), gpus=gpus, memory=memory)
 
 
-def write_summary(sweep_dir: Path, spec: Any, points: list, records: dict[str, dict]) -> Path:
-    """sweep.json: every point (skipped ones with their reason), its trial's record."""
+def write_summary(
+    sweep_dir: Path, spec: Any, points: list, records: dict[str, dict], search: dict | None = None
+) -> Path:
+    """sweep.json: every point (skipped ones with their reason), its trial's record, and for a
+    budgeted search the screen, the selection and the choice."""
     from compress.report.io import atomic_write_text
 
     rows = []
@@ -191,6 +194,8 @@ def write_summary(sweep_dir: Path, spec: Any, points: list, records: dict[str, d
             row.update(records.get(p.name) or {"status": "not run"})
         rows.append(row)
     data = {"sweep": spec.model_dump(mode="json"), "trials": rows}
+    if search is not None:
+        data["search"] = search
     path = sweep_dir / SUMMARY
     atomic_write_text(path, json.dumps(data, indent=2, default=str), overwrite=True)
     return path

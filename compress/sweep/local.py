@@ -71,24 +71,30 @@ def plan(
     data_dir: str | None,
     threads: int | None,
     argv: list[str],
+    rung: str = "trials",
 ) -> list[TrialJob]:
-    """One trial per valid point: its own one-variant recipe, folder and key."""
+    """One trial per valid point: its own one-variant recipe, folder and key. The screen rung
+    of a budgeted search: the quick eval, no timing."""
     jobs = []
     for p in points:
         if p.invalid is not None:
             continue
         recipe = sweep_recipe(spec, base, [p], name=p.name)
+        if rung == "screen":
+            prof = recipe.profile.model_copy(update={"enabled": False})
+            recipe = recipe.model_copy(update={"profile": prof})
         jobs.append(
             TrialJob(
                 name=p.name,
-                key=trial_key(p.key, quick),
+                key=trial_key(p.key, quick or rung == "screen", rung),
                 values=p.values,
-                recipe=recipe.model_dump(mode="json", exclude_unset=True),
+                recipe=recipe.model_dump(mode="json"),
                 sweep_dir=str(sweep_dir.resolve()),
-                quick=quick,
+                quick=quick or rung == "screen",
                 data_dir=data_dir,
                 threads=threads,
                 argv=argv,
+                rung=rung,
             )
         )
     return jobs

@@ -31,6 +31,15 @@ from compress.errors import BadInput, did_you_mean
 _KEY = re.compile(r"^stages\.(\d+)\.([A-Za-z_][A-Za-z0-9_]*)$")
 
 
+class SearchConfig(Strict):
+    """How `objective: cheapest` picks the candidates it measures fully."""
+
+    margin: float = Field(
+        0.01, ge=0, description="keep points within this perplexity-loss fraction of the front"
+    )
+    max_candidates: int = Field(4, ge=1, description="at most this many full trials")
+
+
 class SweepSpec(Strict):
     name: str = Field(description="sweep name; runs go to <out>/<name>/")
     description: str = ""
@@ -41,7 +50,12 @@ class SweepSpec(Strict):
     space: dict[str, list[Any]] = Field(
         min_length=1, description="stages.<i>.<field>: [values]; the grid of all combinations"
     )
-    objective: Literal["all"] = Field("all", description="all: every valid point is run")
+    objective: Literal["all", "cheapest"] = Field(
+        "all",
+        description="all: every valid point is run; cheapest: screen every point on the quick "
+        "eval without timing, run only the candidates fully, choose the cheapest passing one",
+    )
+    search: SearchConfig = Field(default_factory=lambda: SearchConfig())
     calibration: dict[str, Any] | None = Field(
         None, description="replaces the base recipe's calibration (e.g. when a point uses gptq)"
     )

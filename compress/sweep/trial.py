@@ -50,14 +50,15 @@ class TrialJob:
     threads: int | None = None  # torch threads while computing (None: torch's default)
     progress: bool = False
     argv: list[str] = field(default_factory=list)
+    rung: str = "trials"  # the folder: trials/ (full), screen/ (the cheap first rung)
 
     @property
     def folder(self) -> Path:
-        return Path(self.sweep_dir) / "trials" / self.name
+        return Path(self.sweep_dir) / self.rung / self.name
 
 
-def trial_key(point_key: str, quick: bool) -> str:
-    return point_key + ("-quick" if quick else "")
+def trial_key(point_key: str, quick: bool, rung: str = "trials") -> str:
+    return point_key + ("-quick" if quick else "") + ("" if rung == "trials" else f"-{rung}")
 
 
 def read_record(folder: Path) -> dict[str, Any] | None:

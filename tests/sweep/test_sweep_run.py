@@ -12,7 +12,8 @@ from test_cli import run, tiny_recipe, write  # tests/ is on sys.path (rootdir c
 
 @pytest.fixture
 def base(tmp_path, tiny_model_dir):
-    recipe = tiny_recipe(tiny_model_dir, name="tiny-base", profile={"enabled": False})
+    profile = {"enabled": False, "kernels": "fixed"}  # bit-reproducible quality numbers
+    recipe = tiny_recipe(tiny_model_dir, name="tiny-base", profile=profile)
     return write(tmp_path / "base.yaml", recipe)
 
 
