@@ -13,7 +13,6 @@ The folder is stable (no timestamp) so a re-run finds its finished trials.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -54,6 +53,7 @@ class SweepRun:
         self.screen: dict[str, dict[str, Any]] = {}  # the budgeted search's first rung
         self.selection: dict[str, tuple[bool, str]] = {}
         self.chosen: tuple[str | None, str] | None = None
+        self.ray: execute.RaySession | None = None  # started only when a trial must run
         self.jobs = self._jobs("trials", points if spec.objective == "all" else [])
 
     def _jobs(self, rung: str, points: list) -> list:
@@ -64,8 +64,11 @@ class SweepRun:
 
     def execute(self, executor: str, *, address=None, cpus=None, gpus=None, memory=None) -> int:
         res = execute.default_resources(cpus, gpus, parse_bytes(memory))
-        ray = executor == "ray"
-        with execute.ray_session(address, res) if ray else contextlib.nullcontext():
+        self.ray = execute.RaySession(address, res) if executor == "ray" else None
+        try:
+            first = self.jobs if self.spec.objective == "all" else self._jobs("screen", self.points)
+            if self.ray and any(finished(j) is None for j in first):
+                self.ray.start()  # a bad cluster fails here, before anything is written
             try:
                 self.sweep_dir.mkdir(parents=True, exist_ok=True)
             except OSError as e:
@@ -74,14 +77,16 @@ class SweepRun:
                     fix="Pass --out with a folder you can write to.",
                 ) from None
             if self.spec.objective == "cheapest":
-                return self._search(ray, res)
-            interrupted = self._rung(self.jobs, self.records, ray, res)
-            return self._finish(interrupted)
+                return self._search(res)
+            return self._finish(self._rung(self.jobs, self.records, res))
+        finally:
+            if self.ray:
+                self.ray.close()
 
-    def _search(self, ray: bool, res) -> int:
+    def _search(self, res) -> int:
         """Screen every point, then run the candidates fully and choose (`search.py`)."""
         screen = self._jobs("screen", self.points)
-        if self._rung(screen, self.screen, ray, res):
+        if self._rung(screen, self.screen, res):
             return self._finish(True)
         rows = [search.screened(j.name, self.screen.get(j.name)) for j in screen]
         cfg = self.spec.search
@@ -91,15 +96,15 @@ class SweepRun:
         picked = [p for p in self.points if self.selection.get(p.name, (False, ""))[0]]
         log.info("screen: %d of %d point(s) go to full trials", len(picked), len(screen))
         self.jobs = self._jobs("trials", picked)
-        interrupted = self._rung(self.jobs, self.records, ray, res)
+        interrupted = self._rung(self.jobs, self.records, res)
         if not interrupted:
             self.chosen = search.choose({j.name: self.records.get(j.name, {}) for j in self.jobs})
             log.info("chosen: %s (%s)", *self.chosen)
         return self._finish(interrupted)
 
-    def _rung(self, jobs: list, records: dict, ray: bool, res) -> bool:
+    def _rung(self, jobs: list, records: dict, res) -> bool:
         """Run the rung's unfinished trials; True when interrupted."""
-        jobs = [_with_threads(j, res.cpus) if ray else j for j in jobs]
+        jobs = [_with_threads(j, res.cpus) if self.ray else j for j in jobs]
         pending = []
         for j in jobs:  # finished earlier for the same key: reported, not run again
             rec = finished(j)
@@ -118,7 +123,8 @@ class SweepRun:
         try:
             if not pending:
                 log.info("every trial of this rung finished earlier; nothing to run")
-            elif ray:
+            elif self.ray:
+                self.ray.start()
                 execute.run_ray(pending, on_result, res)
             else:
                 execute.run_local(pending, on_result)

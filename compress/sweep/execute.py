@@ -13,12 +13,11 @@ whole trial, and the trials only need to take turns for the minutes they time.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,28 +50,40 @@ def run_local(jobs: list[TrialJob], on_result: Callable[[dict], None]) -> None:
         on_result(run_trial(job))
 
 
-@contextlib.contextmanager
-def ray_session(address: str | None, resources: Resources) -> Iterator[None]:
-    """Ray started (or joined) and checked: a cluster that cannot be reached, or one where no
-    trial could ever get its resources, is bad input before the sweep writes anything."""
-    ray, _ = _import_ray()
-    _check_address(address)
-    ray.init(
-        address=address,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-        ignore_reinit_error=True,
-    )
-    try:
-        _check_resources(ray.cluster_resources(), resources)
-        yield
-    finally:
-        ray.shutdown()
+class RaySession:
+    """Ray started (or joined) only when a trial must run, and checked when it starts: a
+    cluster that cannot be reached, or one where no trial could ever get its resources, is bad
+    input (the address is checked at once; the resources when Ray starts, which the sweep
+    does before writing anything when it has trials to run)."""
+
+    def __init__(self, address: str | None, resources: Resources):
+        _import_ray()
+        _check_address(address)
+        self.address, self.resources, self.started = address, resources, False
+
+    def start(self) -> None:
+        if self.started:
+            return
+        ray, _ = _import_ray()
+        ray.init(
+            address=self.address,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            ignore_reinit_error=True,
+        )
+        self.started = True
+        _check_resources(ray.cluster_resources(), self.resources)
+
+    def close(self) -> None:
+        if self.started:
+            ray, _ = _import_ray()
+            ray.shutdown()
+            self.started = False
 
 
 def run_ray(jobs: list[TrialJob], on_result: Callable[[dict], None], resources: Resources) -> None:
-    """The trials as a Ray Tune grid (inside `ray_session`); on_result gets each trial's
+    """The trials as a Ray Tune grid (after `RaySession.start`); on_result gets each trial's
     record as Tune reports it."""
     _, tune = _import_ray()
     by_name = {j.name: j for j in jobs}

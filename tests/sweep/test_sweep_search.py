@@ -95,7 +95,8 @@ def test_a_tiny_cheapest_search_runs_end_to_end(tmp_path, tiny_model_dir, tiny_d
     data = json.loads((out / "tiny-search" / "sweep.json").read_text())
     sel = data["search"]["selection"]
     full = {t["name"] for t in data["trials"] if t.get("status") == "done"}
-    assert len(sel) == 3  # 8 bits with groups is not a valid point
+    valid = {t["name"] for t in data["trials"] if t["status"] != "skipped"}
+    assert set(sel) == valid and len(valid) >= 2  # every valid point was screened
     assert full == {n for n, v in sel.items() if v["selected"]} and len(full) == 1
     assert (out / "tiny-search" / "screen").is_dir()
     for name in full:  # full trials are timed; screen trials are not
