@@ -47,7 +47,7 @@ def parse_bytes(text: str | None) -> int | None:
 class SweepRun:
     def __init__(self, spec, points, base, out_dir: Path, *, quick: bool, data_dir=None):
         self.spec, self.points, self.base, self.quick = spec, points, base, quick
-        self.data_dir = str(data_dir) if data_dir else None
+        self.data_dir = str(Path(data_dir).resolve()) if data_dir else None
         self.sweep_dir = Path(out_dir) / spec.name
         self.records: dict[str, dict[str, Any]] = {}  # full trials
         self.screen: dict[str, dict[str, Any]] = {}  # the budgeted search's first rung

@@ -106,7 +106,11 @@ def run_ray(jobs: list[TrialJob], on_result: Callable[[dict], None], resources: 
 
 
 def _trainable(by_name: dict[str, TrialJob]):
+    cwd = os.getcwd()  # Tune moves a trial into its own folder; relative paths mean ours
+
     def trial(config: dict) -> dict:
+        if os.path.isdir(cwd):
+            os.chdir(cwd)
         rec = run_trial(by_name[config["trial"]])
         return {"record": json.dumps(rec, default=str), "exit_code": rec.get("exit_code", 4)}
 
