@@ -278,7 +278,8 @@ def _logit_gap(model, windows, reference: list) -> dict:
 
 def float32_reference(model):
     """A copy of our model with every int4 Linear a float32 Linear holding its dequantized
-    codes, every int8 module on its float32-dequantizing path, float parts in float32."""
+    codes, every int8 module on its float32-dequantizing path (embedding rows in float32),
+    float parts in float32."""
     import copy
 
     import torch
@@ -299,6 +300,8 @@ def float32_reference(model):
             ref.set_submodule(name, lin)
         elif kind is not None and "dequant_float32" in getattr(m, "PATHS", ()):
             set_paths(m, "dequant_float32", "dequant_float32")
+        if hasattr(m, "out_dtype"):  # the int8 embedding's rows
+            m.out_dtype = torch.float32
     return ref.float().eval()
 
 
