@@ -18,7 +18,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from compress.errors import EXIT_GATE_FAILED, EXIT_INTERNAL, EXIT_SIGINT, BadInput
+from compress.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_GATE_FAILED,
+    EXIT_INCONCLUSIVE,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_SIGINT,
+    BadInput,
+)
 from compress.sweep import execute, search
 from compress.sweep.local import plan
 from compress.sweep.trial import finished, read_record
@@ -163,7 +171,7 @@ class SweepRun:
             return 0
         if not done:
             return EXIT_GATE_FAILED  # a search whose screen left no candidate
-        return max(int(r.get("exit_code", EXIT_INTERNAL)) for r in done)
+        return worst_exit(int(r.get("exit_code", EXIT_INTERNAL)) for r in done)
 
     def _compare(self) -> None:
         from compress.report import compare_page, runs
@@ -188,6 +196,18 @@ class SweepRun:
             )
         except Exception as e:  # noqa: BLE001 - the trials' results stand without the page
             log.warning("the sweep's comparison page was not written: %s", e)
+
+
+#: how bad each exit code is, worst first: a crash, bad input, a failed gate, inconclusive
+SEVERITY = (EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_INCONCLUSIVE, EXIT_OK)
+
+
+def worst_exit(codes) -> int:
+    """The worst of the trials' exit codes, ranked as `compress apply` ranks its variants'
+    (a failed gate outranks an inconclusive one) with crashes and bad input above both."""
+    codes = list(codes)
+    ranked = [c for c in SEVERITY if c in codes]
+    return ranked[0] if ranked else max(codes, default=EXIT_OK)
 
 
 def _refresh(jobs: list, records: dict) -> None:

@@ -53,3 +53,13 @@ def test_local_addresses_need_no_check():
 def test_default_trial_takes_a_whole_node():
     res = execute.default_resources(None, 0, None)
     assert res.cpus == execute.node_cpus() and res.gpus == 0 and res.memory is None
+
+
+@pytest.mark.parametrize(
+    ("codes", "worst"),
+    [([0, 3, 1], 1), ([0, 3], 3), ([1, 2, 3], 2), ([2, 4, 0], 4), ([0, 0], 0), ([], 0)],
+)
+def test_the_sweeps_exit_code_is_the_worst_trials(codes, worst):
+    from compress.sweep.driver import worst_exit
+
+    assert worst_exit(codes) == worst
