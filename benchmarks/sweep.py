@@ -92,37 +92,53 @@ def main() -> None:
     ap.add_argument("--calibration-samples", type=int, default=32)
     ap.add_argument("--order", default="local,ray", help="which executor runs first")
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--reuse",
+        type=Path,
+        help="an earlier output folder: skip the two sweeps "
+        "(their walls are read from its bench.json or --walls), redo the checks",
+    )
+    ap.add_argument("--walls", help="local,ray wall seconds of the reused sweeps")
     args = ap.parse_args()
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    out = (args.out / stamp).resolve()
-    out.mkdir(parents=True)
-    sweep = derived_sweep(out, args.calibration_samples)
     common = ["--quick", "--no-progress", "--data-dir", args.data_dir]
     result: dict = {"host": _host(), "calibration_samples": args.calibration_samples,
                     "profile_override": PROFILE, "runs": {}}  # fmt: skip
-    for ex in args.order.split(","):
-        wall, rc, _ = sweep_cli(sweep, ex, out, common)
-        result["runs"][ex] = {"wall_s": wall, "exit_code": rc}
-        print(f"{ex}: {wall:.1f} s, exit {rc}", flush=True)
+    if args.reuse:
+        out = args.reuse.resolve()
+        sweep = out / "sweep.yaml"
+        for ex, wall in zip(args.order.split(","), map(float, args.walls.split(",")), strict=True):
+            result["runs"][ex] = {"wall_s": wall, "exit_code": None, "reused": True}
+    else:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        out = (args.out / stamp).resolve()
+        out.mkdir(parents=True)
+        sweep = derived_sweep(out, args.calibration_samples)
+        for ex in args.order.split(","):
+            wall, rc, _ = sweep_cli(sweep, ex, out, common)
+            result["runs"][ex] = {"wall_s": wall, "exit_code": rc}
+            print(f"{ex}: {wall:.1f} s, exit {rc}", flush=True)
     name = yaml.safe_load(sweep.read_text())["name"]
     ray_dir, local_dir = out / "ray" / name, out / "local" / name
+    done = {n for n, t in trials(ray_dir).items() if t["status"] == "done"}
     before = {p: p.read_text() for p in ray_dir.glob("trials/*/trial.json")}
     wall, rc, text = sweep_cli(sweep, "ray", out, common)
-    rerun = [p for p in before if p.read_text() != before[p]]
-    result["resume"] = {"wall_s": wall, "exit_code": rc, "trials": len(before),
-                        "earlier": text.count("(earlier)"), "rewritten": len(rerun)}  # fmt: skip
+    rerun = sorted(p.parent.name for p in before if p.read_text() != before[p])
+    result["resume"] = {"wall_s": wall, "exit_code": rc, "done_before": len(done),
+                        "earlier": text.count("(earlier)"), "rerun": rerun,
+                        "done_rerun": sorted(set(rerun) & done)}  # fmt: skip
     rows = compare_trials(local_dir, ray_dir)
-    first = rows[0]["trial"]
+    first = next(r["trial"] for r in rows if r["local"])
     standalone = _standalone(out, local_dir / trials(local_dir)[first]["run_dir"], common)
     sa = numbers(standalone) if standalone else {}
-    same_sa = bool(sa) and all(sa[k] == rows[0]["local"][k] for k in EXACT)
+    ref = next(r["local"] for r in rows if r["trial"] == first)
+    same_sa = bool(sa) and all(sa[k] == ref[k] for k in EXACT)
     result["standalone"] = {"trial": first, "numbers": sa, "identical": same_sa}
     ratio = result["runs"]["ray"]["wall_s"] / result["runs"]["local"]["wall_s"]
     result["targets"] = {
         "overhead": {"ratio": ratio, "max": OVERHEAD_MAX, "met": ratio <= OVERHEAD_MAX},
         "identical": {"trials": len(rows), "met": all(r["identical"] for r in rows) and same_sa},
-        "resume": {"met": result["resume"]["rewritten"] == 0
-                   and result["resume"]["earlier"] == len(before) > 0},
+        "resume": {"met": not result["resume"]["done_rerun"]
+                   and result["resume"]["earlier"] == len(done) > 0},
     }  # fmt: skip
     result["rows"] = rows
     _print(result)
@@ -145,14 +161,19 @@ def compare_trials(local_dir: Path, ray_dir: Path) -> list[dict]:
         na = numbers(local_dir / a[n]["run_dir"] / "report.json") if a[n].get("run_dir") else {}
         rb = b.get(n, {})
         nb = numbers(ray_dir / rb["run_dir"] / "report.json") if rb.get("run_dir") else {}
-        eq = bool(na) and all(na.get(k) == nb.get(k) for k in EXACT)
-        rows.append({"trial": n, "local": na, "ray": nb, "identical": eq})
+        if na:
+            eq = all(na.get(k) == nb.get(k) for k in EXACT)
+        else:  # a trial that failed must fail the same way under both executors
+            eq = a[n]["status"] == rb.get("status") and a[n].get("exit_code") == rb.get("exit_code")
+        rows.append({"trial": n, "local": na, "ray": nb, "identical": eq,
+                     "status": [a[n]["status"], rb.get("status")]})  # fmt: skip
     return rows
 
 
 def _standalone(out: Path, run_dir: Path, common: list[str]) -> Path | None:
     """The trial's recipe (as its report recorded it) through a plain `compress apply`."""
     recipe = json.loads((run_dir / "report.json").read_text())["recipe"]
+    recipe = {k: v for k, v in recipe.items() if not k.startswith("_")}  # _sha256, _text
     path = out / "standalone.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     compress_cli("apply", str(path), "--out", str(out / "standalone"), *common)

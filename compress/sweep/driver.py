@@ -6,7 +6,7 @@
         screen/<point>/     objective cheapest: the quick, untimed first rung
         compare.md/.html    `compress compare` over every finished trial (Pareto front marked)
         trials/<point>/     trial.json + the trial's run folder (report.json, model/, ...)
-        ray/                Ray Tune's own experiment state (executor ray)
+        tune/               Ray Tune's own experiment state (executor ray)
 
 The folder is stable (no timestamp) so a re-run finds its finished trials.
 """

@@ -92,8 +92,8 @@ def run_ray(jobs: list[TrialJob], on_result: Callable[[dict], None], resources: 
         param_space={"trial": tune.grid_search(list(by_name))},
         tune_config=tune.TuneConfig(reuse_actors=False),
         run_config=tune.RunConfig(
-            name="tune",
-            storage_path=str(Path(jobs[0].sweep_dir).resolve() / "ray"),
+            name="experiment",
+            storage_path=str(Path(jobs[0].sweep_dir).resolve() / "tune"),
             failure_config=tune.FailureConfig(max_failures=0),
             callbacks=[_Relay(tune, on_result)],
             verbose=0,
