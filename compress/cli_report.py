@@ -135,14 +135,11 @@ def compare(
     95% intervals, the Pareto-optimal variants marked. Runs must share the baseline model and
     the eval data, unless --allow-mismatch."""
     try:
-        from compress.report import compare_page, runs
+        from compress.report import compare_page
 
-        loaded = runs.load_runs(runs_arg)
-        warnings = runs.check_compatible(loaded, allow_mismatch=allow_mismatch)
-        rows = runs.build_rows(loaded)
-        md_text = compare_page.render_markdown(loaded, rows, warnings)
-        html_text = compare_page.render_html(loaded, rows, warnings) if html else ""
-        compare_page.write_outputs(html, md, html_text, md_text)
+        md_text, warnings = compare_page.compare(
+            runs_arg, html=html, md=md, allow_mismatch=allow_mismatch
+        )
     except BaseException as e:  # noqa: BLE001
         if isinstance(e, typer.Exit):
             raise

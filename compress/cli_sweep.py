@@ -103,23 +103,18 @@ def _print_points(name: str, points) -> None:
 
 
 def _print_trials(run) -> None:
+    from compress.report.readme import ratio_text
+
     t = Table(title=f"sweep {run.spec.name}: trials")
     for col in ("trial", "status", "exit", "ppl ratio", "weights ratio", "decode ratio"):
         t.add_column(col)
     for name, rec in run.records.items():
         h = rec.get("headline", {})
-
-        def r(metric: str, h=h) -> str:
-            c = h.get(metric)
-            if not c or c.get("ratio") is None:
-                return "-"
-            iv = c.get("ratio_ci95")
-            return f"{c['ratio']:.3f}x" + (f" [{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "")
-
         status = rec.get("status", "?") + (" (earlier)" if rec.get("skipped") else "")
         t.add_row(
             name, status, str(rec.get("exit_code", "-")),
-            r("wikitext2.perplexity"), r("weights.bytes"), r("decode.tokens_per_s"),
+            ratio_text(h.get("wikitext2.perplexity")), ratio_text(h.get("weights.bytes")),
+            ratio_text(h.get("decode.tokens_per_s")),
         )  # fmt: skip
     out.print(t)
     if run.spec.objective == "cheapest":

@@ -235,6 +235,27 @@ def render_html(runs: list[LoadedRun], rows: list[Row], warnings: list[str], cho
     return render_template("compare.html.j2", svg=_svg(rows), **ctx)
 
 
+def compare(
+    paths: list[Path],
+    *,
+    html: Path | None,
+    md: Path | None,
+    allow_mismatch: bool = False,
+    chosen: tuple[str, str] | None = None,
+) -> tuple[str, list[str]]:
+    """Load the runs, check they compare, render and write the pages asked for; returns the
+    Markdown text and the mismatch warnings (`compress compare` and a sweep's page)."""
+    from compress.report import runs
+
+    loaded = runs.load_runs(paths)
+    warnings = runs.check_compatible(loaded, allow_mismatch=allow_mismatch)
+    rows = runs.build_rows(loaded)
+    md_text = render_markdown(loaded, rows, warnings, chosen)
+    html_text = render_html(loaded, rows, warnings, chosen) if html else ""
+    write_outputs(html, md, html_text, md_text)
+    return md_text, warnings
+
+
 # -- writing ------------------------------------------------------------------------------
 def write_outputs(
     html_path: Path | None, md_path: Path | None, html_text: str, md_text: str

@@ -23,7 +23,8 @@ COLUMNS = (
 )
 
 
-def _ratio(c: dict[str, Any] | None) -> str:
+def ratio_text(c: dict[str, Any] | None) -> str:
+    """A comparison (as report.json holds it) as "1.46x [1.42, 1.50]", or "n/a"."""
     if not c or c.get("ratio") is None:
         return "n/a"
     ci = c.get("ratio_ci95")
@@ -55,7 +56,7 @@ def _rows(path: Path, root: Path) -> list[str]:
         name = link if len(r.variants) == 1 else f"{link} `{v.name}`"
         name += " (control)" if v.control else ""
         cells = [name, host, str(pairs)]
-        cells += [_ratio(cmp.get(m)) for m, _ in COLUMNS]
+        cells += [ratio_text(cmp.get(m)) for m, _ in COLUMNS]
         cells += [_ppl(cmp.get("wikitext2.perplexity")), str(v.exit_code)]
         rows.append("| " + " | ".join(cells) + " |")
     return rows

@@ -63,19 +63,20 @@ class SweepRun:
         self.chosen: tuple[str | None, str] | None = None
         self.ray: execute.RaySession | None = None  # started only when a trial must run
         self.jobs = self._jobs("trials", points if spec.objective == "all" else [])
+        # the rung that runs first: every point (all), or every point's screen (cheapest)
+        self.first = self.jobs if spec.objective == "all" else self._jobs("screen", points)
 
     def _jobs(self, rung: str, points: list) -> list:
         return plan(
             self.spec, self.base, points, self.sweep_dir, quick=self.quick,
-            data_dir=self.data_dir, threads=None, argv=sys.argv, rung=rung,
+            data_dir=self.data_dir, argv=sys.argv, rung=rung,
         )  # fmt: skip
 
     def execute(self, executor: str, *, address=None, cpus=None, gpus=None, memory=None) -> int:
         res = execute.default_resources(cpus, gpus, parse_bytes(memory))
         self.ray = execute.RaySession(address, res) if executor == "ray" else None
         try:
-            first = self.jobs if self.spec.objective == "all" else self._jobs("screen", self.points)
-            if self.ray and any(finished(j) is None for j in first):
+            if self.ray and any(finished(j) is None for j in self.first):
                 self.ray.start()  # a bad cluster fails here, before anything is written
             try:
                 self.sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -93,7 +94,7 @@ class SweepRun:
 
     def _search(self, res) -> int:
         """Screen every point, then run the candidates fully and choose (`search.py`)."""
-        screen = self._jobs("screen", self.points)
+        screen = self.first
         if self._rung(screen, self.screen, res):
             return self._finish(True)
         rows = [search.screened(j.name, self.screen.get(j.name)) for j in screen]
@@ -168,13 +169,13 @@ class SweepRun:
         if interrupted or any(r is None or r.get("status") == "interrupted" for r in done):
             return EXIT_SIGINT
         if self.chosen is not None and self.chosen[0] is not None:
-            return 0
+            return EXIT_OK
         if not done:
             return EXIT_GATE_FAILED  # a search whose screen left no candidate
         return worst_exit(int(r.get("exit_code", EXIT_INTERNAL)) for r in done)
 
     def _compare(self) -> None:
-        from compress.report import compare_page, runs
+        from compress.report import compare_page
 
         dirs = [
             self.sweep_dir / r["run_dir"]
@@ -185,14 +186,12 @@ class SweepRun:
             return
         chosen = self.chosen if self.chosen and self.chosen[0] else None
         try:
-            loaded = runs.load_runs(dirs)
-            warnings = runs.check_compatible(loaded, allow_mismatch=True)
-            rows = runs.build_rows(loaded)
-            compare_page.write_outputs(
-                self.sweep_dir / "compare.html",
-                self.sweep_dir / "compare.md",
-                compare_page.render_html(loaded, rows, warnings, chosen=chosen),
-                compare_page.render_markdown(loaded, rows, warnings, chosen=chosen),
+            compare_page.compare(
+                dirs,
+                html=self.sweep_dir / "compare.html",
+                md=self.sweep_dir / "compare.md",
+                allow_mismatch=True,
+                chosen=chosen,
             )
         except Exception as e:  # noqa: BLE001 - the trials' results stand without the page
             log.warning("the sweep's comparison page was not written: %s", e)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compress.errors import BadInput
+from compress.errors import EXIT_INTERNAL, BadInput
 from compress.sweep.trial import TrialJob, run_trial
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,8 @@ def _trainable(by_name: dict[str, TrialJob]):
         if os.path.isdir(cwd):
             os.chdir(cwd)
         rec = run_trial(by_name[config["trial"]])
-        return {"record": json.dumps(rec, default=str), "exit_code": rec.get("exit_code", 4)}
+        code = rec.get("exit_code", EXIT_INTERNAL)
+        return {"record": json.dumps(rec, default=str), "exit_code": code}
 
     return trial
 
@@ -159,6 +160,7 @@ def _check_address(address: str | None) -> None:
 def _check_resources(cluster: dict[str, float], res: Resources) -> None:
     """A trial that asks for more than the whole cluster has would wait forever."""
     asked = {"CPU": res.cpus, "GPU": res.gpus, "memory": float(res.memory or 0)}
+    flags = {"CPU": "--cpus-per-trial", "GPU": "--gpus-per-trial", "memory": "--memory-per-trial"}
     for what, need in asked.items():
         have = cluster.get(what, 0.0)
         if need > have:
@@ -167,9 +169,7 @@ def _check_resources(cluster: dict[str, float], res: Resources) -> None:
             raise BadInput(
                 f"each trial asks for {shown} {what}, but the Ray cluster has {has} in all: "
                 "no trial could ever start.",
-                fix=f"Lower --{what.lower()}-per-trial.".replace("--cpu-", "--cpus-").replace(
-                    "--gpu-", "--gpus-"
-                ),
+                fix=f"Lower {flags[what]}.",
             )
 
 

@@ -69,13 +69,13 @@ def plan(
     *,
     quick: bool,
     data_dir: str | None,
-    threads: int | None,
     argv: list[str],
     rung: str = "trials",
 ) -> list[TrialJob]:
     """One trial per valid point: its own one-variant recipe, folder and key. The screen rung
     of a budgeted search: the quick eval, no timing."""
     jobs = []
+    quick = quick or rung == "screen"
     for p in points:
         if p.invalid is not None:
             continue
@@ -86,13 +86,12 @@ def plan(
         jobs.append(
             TrialJob(
                 name=p.name,
-                key=trial_key(p.key, quick or rung == "screen", rung),
+                key=trial_key(p.key, quick, rung),
                 values=p.values,
                 recipe=recipe.model_dump(mode="json"),
                 sweep_dir=str(sweep_dir.resolve()),
-                quick=quick or rung == "screen",
+                quick=quick,
                 data_dir=data_dir,
-                threads=threads,
                 argv=argv,
                 rung=rung,
             )

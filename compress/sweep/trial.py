@@ -16,10 +16,12 @@ killed mid-way leaves no record and simply runs again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,27 +134,22 @@ def _rel(run_dir: Path, job: TrialJob) -> str:
         return str(run_dir)
 
 
-class _threads:
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
     """torch's intra-op threads while the trial computes; the timing subprocesses it starts
     get the node's default (they hold the node alone), not a Ray worker's OMP_NUM_THREADS."""
+    import torch
 
-    def __init__(self, n: int | None):
-        self.n = n
-
-    def __enter__(self):
-        import torch
-
-        self.before = torch.get_num_threads()
-        self.env = os.environ.pop("OMP_NUM_THREADS", None)
-        if self.n:
-            torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        import torch
-
-        torch.set_num_threads(self.before)
-        if self.env is not None:
-            os.environ["OMP_NUM_THREADS"] = self.env
+    before = torch.get_num_threads()
+    env = os.environ.pop("OMP_NUM_THREADS", None)
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        if env is not None:
+            os.environ["OMP_NUM_THREADS"] = env
 
 
 def headline(report: Any) -> dict[str, Any]:
