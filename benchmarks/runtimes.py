@@ -239,6 +239,7 @@ def check_ct(run_dir: Path, data_dir: Path, tokens: int = 1024) -> dict:
     from compress.data import token_windows, wikitext2_test
     from compress.export import export_run
     from compress.quant.serialize import load_compressed
+    from compress.testing import float32_reference
 
     out = run_dir / "exports"
     dest = out / "gptq-int4-torch-ct"
@@ -274,35 +275,6 @@ def _logit_gap(model, windows, reference: list) -> dict:
         diffs.append(float((a - b).abs().max()))
         klds.append(kl_per_token(a, b))
     return {"max_abs_logit_diff": max(diffs), "kld": sum(klds) / len(klds)}
-
-
-def float32_reference(model):
-    """A copy of our model with every int4 Linear a float32 Linear holding its dequantized
-    codes, every int8 module on its float32-dequantizing path (embedding rows in float32),
-    float parts in float32."""
-    import copy
-
-    import torch
-    from torch import nn
-
-    from compress.export.gguf_model import int4_grid
-    from compress.quant.modules import set_paths
-
-    ref = copy.deepcopy(model)
-    for name, m in list(ref.named_modules()):
-        kind = getattr(m, "kind", None)
-        if kind == "int4_linear":
-            lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
-            with torch.no_grad():
-                lin.weight.copy_(int4_grid(m).dequantize().float())
-                if m.bias is not None:
-                    lin.bias.copy_(m.bias.float())
-            ref.set_submodule(name, lin)
-        elif kind is not None and "dequant_float32" in getattr(m, "PATHS", ()):
-            set_paths(m, "dequant_float32", "dequant_float32")
-        if hasattr(m, "out_dtype"):  # the int8 embedding's rows
-            m.out_dtype = torch.float32
-    return ref.float().eval()
 
 
 def weight_difference(ours, plain) -> float:

@@ -129,3 +129,32 @@ def unchanged(model: Any, before: dict) -> bool:
 
     after = model.state_dict()
     return after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def float32_reference(model):
+    """A copy of our model with every int4 Linear a float32 Linear holding its dequantized
+    codes, every int8 module on its float32-dequantizing path (embedding rows in float32),
+    float parts in float32."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    from compress.export.gguf_model import int4_grid
+    from compress.quant.modules import set_paths
+
+    ref = copy.deepcopy(model)
+    for name, m in list(ref.named_modules()):
+        kind = getattr(m, "kind", None)
+        if kind == "int4_linear":
+            lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+            with torch.no_grad():
+                lin.weight.copy_(int4_grid(m).dequantize().float())
+                if m.bias is not None:
+                    lin.bias.copy_(m.bias.float())
+            ref.set_submodule(name, lin)
+        elif kind is not None and "dequant_float32" in getattr(m, "PATHS", ()):
+            set_paths(m, "dequant_float32", "dequant_float32")
+        if hasattr(m, "out_dtype"):  # the int8 embedding's rows
+            m.out_dtype = torch.float32
+    return ref.float().eval()
