@@ -159,6 +159,17 @@ def apply(
         help="Continue an interrupted run of this recipe in its folder (long stages resume "
         "from their last checkpoint).",
     ),
+    max_memory: str | None = typer.Option(
+        None,
+        "--max-memory",
+        help="Memory cap, e.g. 2GiB: the peak is estimated first (exit 2 if it cannot fit); a "
+        "model that does not fit runs layer by layer from disk.",
+    ),
+    stream: bool = typer.Option(
+        False,
+        "--stream",
+        help="Run layer by layer from disk even if the model fits (gptq recipes; no timing).",
+    ),
 ) -> None:
     """Compress, evaluate, profile, report and gate: the whole recipe in one pass."""
     if not progress:
@@ -171,6 +182,8 @@ def apply(
         r, text = _read_recipe(recipe)
         from compress.pipeline import apply as run_apply
 
+        memory = _memory_plan(r, max_memory, quick, stream)
+
         with _sigterm_as_interrupt():
             report, run_dir = run_apply(
                 r,
@@ -182,12 +195,18 @@ def apply(
                 progress=progress,
                 argv=sys.argv,
                 resume=resume,
+                memory=memory,
             )
     except BaseException as e:  # noqa: BLE001 - every failure becomes a clear message + code
         if isinstance(e, typer.Exit):
             raise
         _fail(e)  # Ctrl-C -> 130, SIGTERM -> 143, after failure.json was written
     _print_summary(report)
+    if memory is not None:
+        from compress.stream.run import memory_notes
+
+        for line in memory_notes(report.run):
+            out.print(line)
     models_at = ", ".join(str(v.record.model.get("spec")) for v in report.variants)
     out.print(
         f"\nreport: [bold]{run_dir / 'report.md'}[/]  (html: {run_dir / 'report.html'}, "
@@ -202,6 +221,22 @@ def apply(
     except BaseException as e:  # noqa: BLE001 - e.g. the folder vanished during the run
         _fail(e)
     raise typer.Exit(code)
+
+
+def _memory_plan(recipe, max_memory: str | None, quick: bool, stream: bool):
+    """--max-memory / --stream: the estimate, printed before anything loads (BadInput if it
+    cannot fit)."""
+    if max_memory is None and not stream:
+        return None
+    from compress import models
+    from compress.stream.budget import parse_size, plan
+
+    cap = parse_size(max_memory) if max_memory is not None else None
+    source = models.resolve(recipe.model, pull=False)
+    memory = plan(recipe, source, cap=cap, quick=quick, stream=stream)
+    for line in memory.lines():
+        out.print(line)
+    return memory
 
 
 def _print_summary(report) -> None:

@@ -16,6 +16,7 @@ import logging
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 from compress import steps, verdict
 from compress.data import wikitext2_test
@@ -44,10 +45,13 @@ def apply(
     argv: list[str] | None = None,
     resume: str | Path | None = None,
     shared_node: bool = False,
+    memory: Any = None,
 ) -> tuple[Report, Path]:
     """Run the recipe; write reports/<name>/<UTC>/report.{json,md,html} + model/. Never
     overwrites. `resume`: an interrupted or failed run folder of the same recipe to continue in
-    (long stages such as distill pick up their last checkpoint from its scratch folder)."""
+    (long stages such as distill pick up their last checkpoint from its scratch folder).
+    `memory`: the --max-memory plan (compress.stream.budget.plan); a "stream" plan runs the
+    model layer by layer from disk."""
     from compress import models
 
     device = resolve_device(device)
@@ -65,6 +69,8 @@ def apply(
     }
     if earlier is not None:  # the earlier attempt's failure.json is kept, renamed
         run["resumed_after"] = earlier
+    if memory is not None:
+        run["memory"] = memory.describe()
     st = RunState(
         recipe=recipe,
         recipe_text=recipe_text,
@@ -77,6 +83,7 @@ def apply(
         progress=progress,
         data_dir=data_dir or recipe.eval.data_dir,
         shared_node=shared_node,
+        memory=memory,
     )
     try:
         report = _run(st)

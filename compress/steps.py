@@ -62,6 +62,7 @@ class RunState:
     progress: bool
     data_dir: str | None
     shared_node: bool = False  # a sweep trial: compute shares the node, timing holds it alone
+    memory: Any = None  # compress.stream.budget.Plan under --max-memory
     t0: float = field(default_factory=time.perf_counter)
     base: ModelHandle | None = None
     windows: Any = None  # token windows [n, seq_len] for perplexity and KLD
@@ -77,6 +78,11 @@ class RunState:
             for j, v in enumerate(self.recipe.variant_list)
         ]
 
+    @property
+    def streamed(self) -> bool:
+        """Layer by layer from disk: the model does not fit in --max-memory."""
+        return self.memory is not None and self.memory.mode == "stream"
+
     def model_dir(self, v: VariantRun) -> Path:
         """model/ for a one-variant recipe (`stages:`), models/<name>/ for `variants:`."""
         return self.run_dir / "model" if not v.path else self.run_dir / "models" / v.name
@@ -87,9 +93,17 @@ def load(st: RunState) -> None:
     from compress import models
 
     log.info("loading baseline %s", st.recipe.model)
-    st.base = models.load(
-        st.source, dtype="float32", device=st.device, trust_remote_code=st.recipe.trust_remote_code
-    )
+    if st.streamed:
+        from compress.stream.run import load_base
+
+        st.base = load_base(st.source, st.memory.folder)
+    else:
+        st.base = models.load(
+            st.source,
+            dtype="float32",
+            device=st.device,
+            trust_remote_code=st.recipe.trust_remote_code,
+        )
     ev = st.recipe.eval
     if st.text is not None:
         seq_len = ev.wikitext2.seq_len or min(2048, st.base.max_positions or 2048)
@@ -135,11 +149,15 @@ def _compress_variant(st: RunState, v: VariantRun, calibration) -> None:
     from compress.methods import METHODS, StageContext
     from compress.profile.memory import weight_bytes
     from compress.quant.serialize import save_compressed
+    from compress.stream import run as streamed
 
     base = st.base
     torch.manual_seed(st.recipe.seed)  # each variant as if it ran alone
+    scratch = st.run_dir / ".scratch" / v.name
     v.handle = comp = ModelHandle(
-        model=copy.deepcopy(base.model),
+        model=streamed.new_variant(base, scratch / "layers")
+        if st.streamed
+        else copy.deepcopy(base.model),
         tokenizer=base.tokenizer,
         source=base.source,
         dtype=base.dtype,
@@ -150,7 +168,7 @@ def _compress_variant(st: RunState, v: VariantRun, calibration) -> None:
         baseline=base,
         device=st.device,
         seed=st.recipe.seed,
-        scratch_dir=st.run_dir / ".scratch" / v.name,
+        scratch_dir=scratch,
         data_dir=st.data_dir,
         calibration_loader=calibration,
     )
@@ -166,6 +184,9 @@ def _compress_variant(st: RunState, v: VariantRun, calibration) -> None:
         before = after
         config = stage.model_dump(mode="json")
         comp.stages.append(record.model_copy(update={"config": config}).model_dump(mode="json"))
+    if st.streamed:  # scored from the saved folder; no kernel timing (nothing is timed)
+        v.model_dir = streamed.save_and_reload(comp, st.model_dir(v))
+        return
     v.model_dir = save_compressed(comp, st.model_dir(v))
     v.policy = _kernel_policy(comp, st.recipe.profile, st.device)
     v.runtime = getattr(comp.model, "runtime", None) if comp.runtime != "torch" else None
@@ -244,12 +265,13 @@ def profile(st: RunState) -> None:
     from compress.profile.paired import Arm, profile_paired
 
     recipe = st.recipe
-    timing_copy = _baseline_for_timing(st.base, st.run_dir) if recipe.profile.enabled else None
+    timed = recipe.profile.enabled and not st.streamed  # streamed: see stream.run.NO_TIMING
+    timing_copy = _baseline_for_timing(st.base, st.run_dir) if timed else None
     del st.base.model
     for v in st.variants:
         del v.handle.model
     gc.collect()
-    if recipe.profile.enabled:
+    if timed:
         arms = [Arm("baseline", str(timing_copy or recipe.model), "float32")]
         arms += [Arm(v.name, str(v.model_dir), v.handle.dtype, v.policy) for v in st.variants]
         try:

@@ -149,7 +149,11 @@ def select_linears(
                 f"{listed(bad)}.",
                 fix="Add those layers to ignore.",
             )
-    bad = [n for n, m in chosen.items() if not torch.isfinite(m.weight).all()]
+    bad = [  # a model streamed from disk (meta weights) is checked layer by layer as it loads
+        n
+        for n, m in chosen.items()
+        if m.weight.device.type != "meta" and not torch.isfinite(m.weight).all()
+    ]
     if bad:
         raise ReleaseFailed(f"{stage}: non-finite weights in layer(s) {', '.join(bad[:5])}.")
     return chosen

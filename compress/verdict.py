@@ -14,6 +14,7 @@ from compress.metrics import definitions
 from compress.report.io import atomic_write_text, utc_stamp
 from compress.report.schema import Comparison, Measurement, Report, RunRecord, VariantResult
 from compress.steps import RunState, VariantRun
+from compress.stream.run import memory_notes
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,10 @@ def judge(st: RunState) -> Report:
     )
     baseline.measurements += cost_measurements(baseline, recipe.cost)
     results = [_judge_variant(st, v, baseline, torch_rt) for v in st.variants]
+    if "memory" in st.run:
+        from compress.stream.run import peak_rss_bytes
+
+        st.run["memory"]["peak_rss_bytes"] = peak_rss_bytes()
     st.run.update(status="ok", finished_at=utc_stamp(), wall_s=time.perf_counter() - st.t0)
     recipe_dump = recipe.model_dump(mode="json")
     recipe_dump["_sha256"] = hashlib.sha256(st.recipe_text.encode()).hexdigest()
@@ -55,7 +60,7 @@ def judge(st: RunState) -> Report:
         baseline=baseline,
         variants=results,
         exit_code=exit_code([g for r in results for g in r.gates]),  # the worst
-        notes=run_notes(base, st.quick, st.data),
+        notes=run_notes(base, st.quick, st.data) + memory_notes(st.run),
     )
 
 

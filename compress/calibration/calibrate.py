@@ -160,7 +160,8 @@ class StopForward(Exception):
 
 
 def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    dev = next(model.parameters()).device
+    return torch.device("cpu") if dev.type == "meta" else dev  # streamed: blocks load on CPU
 
 
 @torch.no_grad()
@@ -192,7 +193,8 @@ def capture(model: nn.Module, chunks: list[torch.Tensor]) -> tuple[list[torch.Te
         inputs.append(args[0] if args else kwargs["hidden_states"])
         raise StopForward
 
-    h = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    # first: a model streamed from disk (compress.stream) does not load layer 0 just to stop
+    h = layers[0].register_forward_pre_hook(grab, with_kwargs=True, prepend=True)
     try:
         for c in chunks:
             with contextlib.suppress(StopForward):
@@ -251,9 +253,14 @@ def sequential(
     batch_size: int = 8,
     progress: bool = True,
     desc: str = "calibrate",
+    after_layer: Callable[[LayerContext], None] | None = None,
 ) -> list[dict]:
-    """Walk the decoder layer by layer (see module docstring). Returns on_layer's records."""
+    """Walk the decoder layer by layer (see module docstring). Returns on_layer's records.
+    `after_layer(ctx)` runs once the layer's outputs are computed (e.g. to swap in packed
+    modules). A model streamed from disk (compress.stream) has each layer loaded before
+    on_layer and written to its scratch shard (or emptied) after after_layer."""
     from compress.progress import tqdm
+    from compress.stream import model as streamed
 
     prefix, layers = decoder_layers(model)
     chunks = list(calib.input_ids.split(batch_size))
@@ -266,14 +273,22 @@ def sequential(
     # call time (tqdm reads it once at import)
     off = not progress or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
     bar = tqdm(list(enumerate(layers)), desc=desc, unit="layer", disable=off)
-    dev = _device_of(model)
+    stream = streamed.of(model)
+    dev = _device_of(model) if stream is None else torch.device("cpu")
     for i, layer in bar:
-        ctx = LayerContext(i, f"{prefix}.{i}", layer, inputs, kwargs[i] or {})
+        name = f"{prefix}.{i}"
+        if stream is not None:
+            layer = stream.hold(name)
+        ctx = LayerContext(i, name, layer, inputs, kwargs[i] or {})
         records.append(on_layer(ctx) or {})
         with torch.no_grad():
             inputs = [forward_layer(layer, x, ctx.kwargs) for x in inputs]
         if not all(torch.isfinite(x).all() for x in inputs):
             raise StageFailed(f"{desc}: non-finite activations after layer '{ctx.name}'.")
+        if after_layer is not None:
+            after_layer(ctx)
+        if stream is not None:
+            stream.commit(name) if stream.scratch is not None else stream.release(name)
         bar.set_postfix_str(f"{time.perf_counter() - t0:.0f}s, peak {_peak_mem(dev)}")
     model.train(was_training)
     log.info("%s: %d layers in %.1f s", desc, len(layers), time.perf_counter() - t0)

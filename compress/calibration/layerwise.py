@@ -176,6 +176,7 @@ def run(
     true_sequential: bool,
     batch_size: int,
     desc: str,
+    after_layer: Callable[[LayerContext], None] | None = None,
 ) -> list[float]:
     """The whole stage: the shared sequential loop, `solve_groups` on every decoder layer that
     holds targeted Linears (`by_decoder_layer`). Returns seconds per layer."""
@@ -197,7 +198,9 @@ def run(
         )
         return rec
 
-    records = sequential(model, calibration, on_layer, batch_size=batch_size, desc=desc)
+    records = sequential(
+        model, calibration, on_layer, batch_size=batch_size, desc=desc, after_layer=after_layer
+    )
     return [round(r.get("seconds", 0.0), 2) for r in records]
 
 

@@ -103,6 +103,7 @@ def _quantize_group(
     dtype: torch.dtype,
     errors: dict[str, float],
     new_modules: dict[str, nn.Module],
+    zeros: list[int],
 ) -> None:
     """Quantize one group of Linears sharing H; record their packed modules and output errors,
     and write the dequantized weights back for the loop's later forwards."""
@@ -118,6 +119,8 @@ def _quantize_group(
     full = [f"{lctx.name}.{s}" for s in names]
     layerwise.check_inputs(full[0], H, n_rows, "gptq")
     W = torch.cat([m.weight.detach().float() for m in mods])
+    if cfg.preserve_zeros:  # counted here, layer by layer (a streamed model is on disk before)
+        zeros[0] += int((W == 0).sum())
     qt, row_err = _solve(W, H, cfg, static, full[0])
     energy = output_energy(W, H)
     r0 = 0
@@ -209,7 +212,7 @@ def apply(ctx: StageContext, cfg: GPTQConfig) -> StageRecord:
         model, cfg.targets, cfg.ignore, stage="gptq", group_size=cfg.group_size, bits=cfg.bits
     )
     by_layer = layerwise.by_decoder_layer(model, chosen, "gptq")
-    zeros = sum(int((m.weight == 0).sum()) for m in chosen.values()) if cfg.preserve_zeros else 0
+    zeros = [0]
     static = cfg.act_order and cfg.group_size is not None
     new_modules: dict[str, nn.Module] = {}
     errors: dict[str, float] = {}
@@ -220,7 +223,13 @@ def apply(ctx: StageContext, cfg: GPTQConfig) -> StageRecord:
         dtype=dtype,
         errors=errors,
         new_modules=new_modules,
+        zeros=zeros,
     )
+
+    def swap_in(lctx: LayerContext) -> None:  # once the loop is done with the layer's forwards
+        for name in [n for n in new_modules if n.startswith(lctx.name + ".")]:
+            set_module(model, name, new_modules.pop(name))
+
     cast_float_parts(model, calib_dtype)
     per_layer = layerwise.run(
         model,
@@ -231,14 +240,13 @@ def apply(ctx: StageContext, cfg: GPTQConfig) -> StageRecord:
         true_sequential=cfg.true_sequential,
         batch_size=cfg.batch_size,
         desc=f"gptq int{cfg.bits}",
+        after_layer=swap_in,
     )
-    for name, new in new_modules.items():
-        set_module(model, name, new)
     cast_float_parts(model, dtype)
     handle.dtype = cfg.compute_dtype
 
     n_params = sum(m.weight.numel() for m in chosen.values())
-    notes = _notes(cfg, calibration, static, zeros, n_params)
+    notes = _notes(cfg, calibration, static, zeros[0], n_params)
     return StageRecord.make(
         method="gptq",
         summary=_summary(cfg, static, len(chosen), n_params),

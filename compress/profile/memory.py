@@ -171,7 +171,12 @@ def weight_bytes(model: Any) -> int:
     quantized weights are usually buffers), each underlying storage counted once (tied
     embeddings share one). Non-persistent buffers (derived, e.g. rotary `inv_freq`) are skipped.
     Modules that keep weights in opaque packed objects report them via `weight_nbytes()`.
+    A model streamed from disk (compress.stream) is measured block by block.
     """
+    from compress.stream.model import of
+
+    if of(model) is not None:
+        return of(model).weight_bytes()
     seen: set[tuple[str, int]] = set()
     total = 0
     for module in model.modules():  # weights held outside parameters/buffers (torch.ao packed)

@@ -134,6 +134,32 @@ def save_compressed(handle: ModelHandle, out_dir: str | Path) -> Path:
     return out_dir
 
 
+def block_export(block: nn.Module, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """One block's tensors as `save_compressed` writes them (quantized modules in portable
+    form, names under `prefix`) and the specs of its quantized modules (relative names)."""
+    quant = {n: m for n, m in block.named_modules() if getattr(m, "kind", None)}
+    tensors: dict[str, torch.Tensor] = {}
+    for name, m in quant.items():
+        for k, t in m.export().items():
+            tensors[f"{prefix}.{name}.{k}"] = t.detach().cpu().contiguous()
+    inside = tuple(f"{n}." for n in quant)
+    for name, t in list(block.named_parameters()) + _persistent_buffers(block):
+        if not name.startswith(inside):
+            tensors[f"{prefix}.{name}"] = t.detach().cpu().contiguous()
+    return tensors, {n: m.spec() for n, m in quant.items()}
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a saved folder: model.safetensors, or the shards its index lists."""
+    index = path / "model.safetensors.index.json"
+    if not index.is_file():
+        return load_file(str(path / "model.safetensors"))
+    out: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+        out.update(load_file(str(path / shard)))
+    return out
+
+
 def _persistent_buffers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     out = []
     for mname, mod in model.named_modules():
@@ -163,7 +189,7 @@ def load_compressed(
     config = AutoConfig.from_pretrained(path)
     model = AutoModelForCausalLM.from_config(config, dtype=compute).eval()
     specs = manifest["modules"]
-    tensors = load_file(str(path / "model.safetensors"))
+    tensors = read_tensors(path)
     quant_prefixes = tuple(f"{n}." for n in specs)
     dense = {k: v for k, v in tensors.items() if not k.startswith(quant_prefixes)}
     for alias, target in manifest.get("tied", {}).items():

@@ -1,0 +1,226 @@
+"""`--max-memory`: an estimate of a run's peak memory, made before anything loads, and the
+choice between running in memory and streaming the model layer by layer from disk.
+
+The estimate adds, in bytes: what this process already holds (interpreter, torch,
+transformers: measured), the weights that must be in memory at once (every model in memory;
+one block at a time when streamed, in float32, the baseline's dtype) and the largest working
+set of a phase: calibration (the layer inputs and outputs of every sample, one chunk's MLP
+activations, the Hessian of the widest Linear with its inverse and Cholesky factor, the
+stacked weights of the widest group with their quantized copy and errors) or evaluation (one
+window's MLP activations and its logits for two models with their log-softmaxes). Shapes come
+from the model's config and its meta skeleton; nothing is loaded. It is an estimate: the
+report records it beside the measured peak RSS.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from compress.errors import BadInput
+
+#: methods whose stage walks the decoder through the shared calibration loop and nothing
+#: else, so a layer-by-layer model works with them unchanged
+STREAMABLE = ("gptq",)
+_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
+          "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}  # fmt: skip
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]I?)?B?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str, flag: str = "--max-memory") -> int:
+    """'2GiB', '2G' (10^9), '1536MiB', '2147483648' -> bytes."""
+    m = _SIZE.match(str(text))
+    if not m or float(m.group(1)) <= 0:
+        raise BadInput(
+            f"{flag}: '{text}' is not a size.",
+            fix="Write a number with a unit, e.g. 2GiB, 1536MiB or 4GB (GiB = 2^30 bytes).",
+        )
+    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").upper()])
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+@dataclass
+class Plan:
+    """How a run fits in `cap` bytes: `mode` and the estimates behind it."""
+
+    cap: int | None
+    mode: Literal["memory", "stream"]
+    in_memory: int
+    streamed: int | None
+    parts: dict[str, int] = field(default_factory=dict)  # the chosen mode's terms
+    folder: str | None = None  # the safetensors folder a streamed run reads
+
+    def lines(self) -> list[str]:
+        cap = f"memory cap {gib(self.cap)}" if self.cap else "no memory cap"
+        streamed = f", layer by layer from disk {gib(self.streamed)}" if self.streamed else ""
+        out = [f"{cap}: estimated peak in memory {gib(self.in_memory)}{streamed}"]
+        out.append(
+            "runs "
+            + ("in memory" if self.mode == "memory" else "layer by layer from disk")
+            + ": "
+            + ", ".join(f"{k} {gib(v)}" for k, v in self.parts.items())
+        )
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "cap_bytes": self.cap,
+            "mode": self.mode,
+            "estimate_in_memory_bytes": self.in_memory,
+            "estimate_streamed_bytes": self.streamed,
+            "estimate_parts_bytes": self.parts,
+            "folder": self.folder,
+        }
+
+
+def stream_folder(source: Any) -> Path | None:
+    """The safetensors folder a streamed run reads: a local model folder, or the dequantized
+    cache entry of a GGUF (present once the GGUF was loaded in memory); None otherwise."""
+    if source.kind == "local_dir" and source.path and any(Path(source.path).glob("*.safetensors")):
+        return Path(source.path)
+    if source.kind == "gguf":
+        from compress.models import _dequant_entry
+
+        entry = _dequant_entry(source, "float32")
+        if entry is not None and (Path(entry.path) / "config.json").is_file():
+            return Path(entry.path)
+    return None
+
+
+def _shapes(folder: Path) -> tuple[Any, dict[str, int], int]:
+    """(config, {block: float32 bytes}, float32 bytes of the whole model), from a meta
+    skeleton (tied weights once)."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from compress.stream.model import StreamedModel
+
+    config = AutoConfig.from_pretrained(folder)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.tie_weights()
+    blocks = {
+        b: sum(p.numel() for p in model.get_submodule(b).parameters()) * 4
+        for b in StreamedModel._block_names(model)
+    }
+    total = sum(p.numel() for p in model.parameters()) * 4  # parameters() counts a tie once
+    return config, blocks, total
+
+
+def _working_sets(recipe: Any, config: Any, quick: bool) -> dict[str, int]:
+    """Bytes of the largest working set of calibration and of evaluation (float32)."""
+    text = getattr(config, "text_config", None) or config
+    hidden = int(text.hidden_size)
+    inter = int(getattr(text, "intermediate_size", 4 * hidden))
+    vocab = int(text.vocab_size)
+    out = {}
+    from compress.methods import needs_calibration
+
+    if any(needs_calibration(s) for v in recipe.variant_list for s in v.stages):
+        cal = recipe.calibration
+        batch = max((getattr(s, "batch_size", 8) for v in recipe.variant_list for s in v.stages),
+                    default=8)  # fmt: skip
+        widest = max(hidden, inter)
+        out["calibration"] = (
+            2 * cal.samples * cal.seq_len * hidden * 4  # every sample's layer inputs and outputs
+            + 3 * min(batch, cal.samples) * cal.seq_len * inter * 4  # one chunk's MLP
+            + 3 * widest * widest * 4  # Hessian, inverse, Cholesky factor
+            + 3 * 2 * inter * hidden * 4  # widest group's weights, quantized copy, errors
+        )
+    ev = recipe.eval.wikitext2
+    if ev is not None:
+        seq = ev.seq_len or min(2048, int(getattr(text, "max_position_embeddings", 2048)))
+        out["evaluation"] = 3 * seq * inter * 4 + 4 * seq * vocab * 4
+    return out
+
+
+def _rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def plan(
+    recipe: Any, source: Any, *, cap: int | None, quick: bool = False, stream: bool = False
+) -> Plan:
+    """The run's mode under `cap` (see the module docstring): in memory when it fits, else
+    layer by layer (always with `stream`); BadInput when neither fits or streaming cannot run
+    this recipe, naming the biggest terms and what to change."""
+    folder = stream_folder(source)
+    if folder is None:
+        raise BadInput(
+            f"--max-memory needs the model's weights as safetensors to estimate and stream "
+            f"them; '{recipe.model}' is a {source.kind} source without a safetensors folder.",
+            fix="Point the recipe at a local safetensors folder (for a GGUF alias, run once "
+            "without --max-memory so its dequantized copy is cached).",
+        )
+    import torch  # noqa: F401 - counted in the baseline RSS below
+    import transformers  # noqa: F401
+
+    config, blocks, total = _shapes(folder)
+    work = _working_sets(recipe, config, quick)
+    base = _rss()
+    n_models = 1 + len(recipe.variant_list)
+    biggest = max(work.values(), default=0)
+    in_memory = base + n_models * total + biggest
+    block = max(blocks.values())
+    streamed = base + block + biggest
+    if not stream and (cap is None or in_memory <= cap):
+        parts = {"process": base, f"{n_models} models": n_models * total, "working set": biggest}
+        return Plan(cap, "memory", in_memory, streamed, parts, str(folder))
+    parts = {"process": base, "largest block": block,
+             **{f"{k} working set": v for k, v in work.items()}}  # fmt: skip
+    if cap is not None and streamed > cap:
+        raise BadInput(
+            f"--max-memory {gib(cap)}: the run needs about {gib(streamed)} even layer by layer "
+            f"from disk ({', '.join(f'{k} {gib(v)}' for k, v in parts.items())}); in memory "
+            f"about {gib(in_memory)}.",
+            fix="Raise --max-memory, or shrink the working sets: calibration.samples / "
+            "seq_len, eval.wikitext2.seq_len.",
+        )
+    check_streamable(recipe)
+    return Plan(cap, "stream", in_memory, streamed, parts, str(folder))
+
+
+def check_streamable(recipe: Any) -> None:
+    """What a layer-by-layer run supports; BadInput naming the first field it does not."""
+    for j, v in enumerate(recipe.variant_list):
+        for i, s in enumerate(v.stages):
+            if s.method not in STREAMABLE:
+                where = f"stages.{i}" if recipe.variants is None else f"variants.{j}.stages.{i}"
+                raise BadInput(
+                    f"{where}: method '{s.method}' does not run layer by layer from disk yet "
+                    f"(streamed methods: {', '.join(STREAMABLE)}); the model does not fit in "
+                    "--max-memory otherwise.",
+                    fix="Use one of those methods, or raise --max-memory.",
+                )
+    from compress.metrics import metric_info
+
+    gates = [(f"gates.{i}", g) for i, g in enumerate(recipe.gates)]
+    gates += [(f"variants.{j}.gates.{i}", g) for j, v in enumerate(recipe.variants or [])
+              for i, g in enumerate(v.gates)]  # fmt: skip
+    for path, g in gates:
+        if metric_info(g.metric).producer == "profile":
+            raise BadInput(
+                f"{path}: {g.metric} needs timing, and a model larger than --max-memory is "
+                "not timed (timing needs a device that holds the whole model).",
+                fix="Drop the gate for this run, or raise --max-memory.",
+            )
+    if recipe.eval.tasks:
+        raise BadInput(
+            "eval.tasks: task evaluation is not streamed (each item's forward would read every "
+            "layer from disk); a model larger than --max-memory is scored on perplexity only.",
+            fix="Remove eval.tasks, or raise --max-memory.",
+        )
+    if recipe.export:
+        raise BadInput(
+            "export: exports read the whole saved model into memory; not with a model larger "
+            "than --max-memory.",
+            fix="Export later with `compress export` on a machine that holds the model.",
+        )

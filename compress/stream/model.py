@@ -1,0 +1,330 @@
+"""A causal LM whose big blocks stay on disk until a forward needs them.
+
+    skeleton     the model built on the meta device (parameters have shapes and dtypes, no
+                 memory); small parts (norms, rotary tables) are real and stay resident
+    blocks       input embeddings, every decoder layer, the output head: each is filled from
+                 its safetensors file when it runs and emptied (back to meta) afterwards, by
+                 forward hooks, so any forward (evaluation, a calibration capture) holds one
+                 block at a time
+    hold/commit  the calibration loop keeps one layer filled while a method rewrites it
+                 (`hold`), then `commit` writes the rewritten layer (quantized modules in their
+                 portable form) to a scratch shard and empties it; later loads read that shard
+
+Blocks are filled in place (the module objects never change), so names, hooks and tied
+weights stay as the model defines them; a tensor is loaded in the dtype its meta parameter has,
+so `cast_float_parts` on the skeleton decides the dtype blocks arrive in, as it would in memory.
+`stream.save` writes it back as the folder `compress.quant.serialize` reads.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress.stream.files import TensorFiles
+
+log = logging.getLogger(__name__)
+
+ATTR = "_compress_stream"  # the StreamedModel of a skeleton, set on the nn.Module
+
+
+@dataclass
+class Source:
+    """Where a block's tensors are: a folder, under which names, which modules are quantized."""
+
+    files: TensorFiles
+    specs: dict[str, dict] = field(default_factory=dict)  # sub-module -> spec (with "dtype")
+
+
+def of(model: Any) -> StreamedModel | None:
+    """The StreamedModel behind `model`, or None for an ordinary in-memory model."""
+    return getattr(model, ATTR, None)
+
+
+def _name_of(model: nn.Module, module: nn.Module | None) -> str | None:
+    if module is None:
+        return None
+    return next((n for n, m in model.named_modules() if m is module), None)
+
+
+def _is_meta(t: torch.Tensor | None) -> bool:
+    return t is not None and t.device.type == "meta"
+
+
+class StreamedModel:
+    """See the module docstring. Build with `open` (a Hugging Face safetensors folder) or
+    `open_compressed` (a folder `save` wrote); `variant` gives a second skeleton over the same
+    files that commits its rewritten layers to a scratch folder."""
+
+    def __init__(self, model: nn.Module, sources: dict[str, Source], aliases: dict[str, str]):
+        from compress.calibration.calibrate import decoder_layers
+
+        self.model = model
+        self.sources = sources  # block name -> Source
+        self.aliases = aliases  # parameter name -> its name in the files (tied weights)
+        self.prefix, layers = decoder_layers(model)
+        self.layer_names = [f"{self.prefix}.{i}" for i in range(len(layers))]
+        self.resident: dict[str, list] = {}  # block -> [(owner, kind, name, original)]
+        self.transient: set[str] = set()
+        self.scratch: Path | None = None
+        self.peak_blocks = 0  # most blocks filled at once (tests check it stays 1-2)
+        setattr(model, ATTR, self)
+        for name in sources:
+            mod = model.get_submodule(name)
+            mod.register_forward_pre_hook(self._pre_hook(name))
+            mod.register_forward_hook(self._post_hook(name), always_call=True)
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def open(cls, folder: str | Path, dtype: str = "float32") -> StreamedModel:
+        """The model of a Hugging Face folder (config.json + safetensors), blocks on disk."""
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        folder = Path(folder)
+        files = TensorFiles(folder)
+        config = AutoConfig.from_pretrained(folder)
+        with init_empty_weights(include_buffers=False):
+            model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+        model.tie_weights()  # not done on the meta device by from_config
+        model.eval()
+        blocks = cls._block_names(model)
+        aliases = cls._aliases(model, files)
+        cls._fill_resident(model, blocks, files, aliases)
+        return cls(model, {b: Source(files) for b in blocks}, aliases)
+
+    @classmethod
+    def open_compressed(cls, folder: str | Path) -> StreamedModel:
+        """A folder `save` (or `save_compressed`) wrote, reloaded with its blocks on disk."""
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from compress.quant.serialize import MANIFEST, _kind_class
+        from compress.targets import set_module
+
+        folder = Path(folder)
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        compute = getattr(torch, manifest["compute_dtype"])
+        files = TensorFiles(folder)
+        config = AutoConfig.from_pretrained(folder)
+        with init_empty_weights(include_buffers=False):
+            model = AutoModelForCausalLM.from_config(config, dtype=compute)
+        model.tie_weights()
+        model.eval()
+        blocks = cls._block_names(model)
+        specs: dict[str, dict[str, dict]] = {b: {} for b in blocks}
+        for name, spec in manifest["modules"].items():
+            block = next((b for b in blocks if name.startswith(b + ".")), None)
+            if block is None or spec["kind"] == "int8_embedding":
+                raise ValueError(f"{folder}: module {name} ({spec['kind']}) cannot be streamed")
+            with torch.device("meta"):
+                shell = _kind_class(spec["kind"]).shell(spec, compute)
+            set_module(model, name, shell)
+            specs[block][name[len(block) + 1 :]] = spec
+        aliases = {**cls._aliases(model, files), **manifest.get("tied", {})}
+        cls._fill_resident(model, blocks, files, aliases)
+        return cls(model, {b: Source(files, specs[b]) for b in blocks}, aliases)
+
+    @staticmethod
+    def _block_names(model: nn.Module) -> list[str]:
+        from compress.calibration.calibrate import decoder_layers
+
+        prefix, layers = decoder_layers(model)
+        names = [_name_of(model, model.get_input_embeddings())]
+        names += [f"{prefix}.{i}" for i in range(len(layers))]
+        names.append(_name_of(model, model.get_output_embeddings()))
+        return [n for n in dict.fromkeys(names) if n]
+
+    @staticmethod
+    def _aliases(model: nn.Module, files: TensorFiles) -> dict[str, str]:
+        """Tied parameters: each name -> the one of its names the files hold."""
+        groups: dict[int, list[str]] = {}
+        for n, p in model.named_parameters(remove_duplicate=False):
+            groups.setdefault(id(p), []).append(n)
+        out = {}
+        for names in groups.values():
+            held = [n for n in names if n in files]
+            if held and len(names) > 1:
+                out.update({n: held[0] for n in names if n not in files})
+        return out
+
+    @staticmethod
+    def _fill_resident(model, blocks, files, aliases) -> None:
+        inside = tuple(b + "." for b in blocks)
+        for owner_name, owner in model.named_modules():
+            for kind, tensors in (("p", owner._parameters), ("b", owner._buffers)):
+                for n, t in list(tensors.items()):
+                    full = f"{owner_name}.{n}" if owner_name else n
+                    if not _is_meta(t) or full.startswith(inside):
+                        continue
+                    key = aliases.get(full, full)
+                    if key not in files:
+                        raise ValueError(f"{files.folder}: no tensor '{key}' for {full}")
+                    real = files.read([key])[key].to(t.dtype)
+                    if kind == "p":
+                        tensors[n] = nn.Parameter(real, requires_grad=False)
+                    else:
+                        tensors[n] = real
+
+    def variant(self, scratch: str | Path) -> StreamedModel:
+        """Another skeleton over the same files (a variant's copy of the baseline), committing
+        rewritten layers under `scratch`."""
+        for b in list(self.resident):
+            self.release(b)
+        model = copy.deepcopy(self.model)  # meta blocks + small resident parts: cheap
+        model.__dict__.pop(ATTR, None)
+        for m in model.modules():  # the copy's hooks are registered anew below
+            m._forward_pre_hooks.clear()
+            m._forward_hooks.clear()
+            m._forward_hooks_always_called.clear()
+        out = StreamedModel(model, {b: copy.copy(s) for b, s in self.sources.items()},
+                            dict(self.aliases))  # fmt: skip
+        out.scratch = Path(scratch)
+        return out
+
+    # -- filling and emptying blocks ---------------------------------------------------------
+    def _pre_hook(self, name: str):
+        def hook(_module, _args):
+            if name not in self.resident:
+                self.fill(name)
+                self.transient.add(name)
+
+        return hook
+
+    def _post_hook(self, name: str):
+        def hook(_module, _args, _out):
+            if name in self.transient:
+                self.release(name)
+
+        return hook
+
+    def fill(self, name: str) -> nn.Module:
+        """Load block `name` from its source in place (each tensor in its meta dtype)."""
+        block = self.model.get_submodule(name)
+        if name in self.resident:
+            return block
+        src = self.sources[name]
+        quant = {sub: block.get_submodule(sub) for sub in src.specs}
+        slots = []
+        for owner_name, owner in block.named_modules():
+            if any(owner_name == q or owner_name.startswith(q + ".") for q in quant):
+                continue
+            full_owner = f"{name}.{owner_name}" if owner_name else name
+            for kind, table in (("p", owner._parameters), ("b", owner._buffers)):
+                skip = owner._non_persistent_buffers_set if kind == "b" else set()
+                for n, t in table.items():
+                    if _is_meta(t) and n not in skip:
+                        slots.append((owner, kind, n, t, f"{full_owner}.{n}"))
+        keys = [self.aliases.get(s[4], s[4]) for s in slots]
+        keys += [f"{name}.{sub}.{k}" for sub in quant for k in self._export_keys(src, name, sub)]
+        tensors = src.files.read(keys)
+        held = []
+        for owner, kind, n, t, full in slots:
+            real = tensors.pop(self.aliases.get(full, full)).to(t.dtype)
+            table = owner._parameters if kind == "p" else owner._buffers
+            table[n] = nn.Parameter(real, requires_grad=False) if kind == "p" else real
+            held.append((owner, kind, n, t))
+        for sub, q in quant.items():
+            q.to_empty(device="cpu")
+            prefix = f"{name}.{sub}."
+            q.load_export({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+        self.resident[name] = held
+        self.peak_blocks = max(self.peak_blocks, len(self.resident))
+        return block
+
+    @staticmethod
+    def _export_keys(src: Source, block: str, sub: str) -> list[str]:
+        prefix = f"{block}.{sub}."
+        return [k[len(prefix) :] for k in src.files.where if k.startswith(prefix)]
+
+    def release(self, name: str) -> None:
+        """Empty block `name`: its original meta tensors back, anything new moved to meta."""
+        held = self.resident.pop(name, None)
+        self.transient.discard(name)
+        if held is None:
+            return
+        for owner, kind, n, original in held:
+            (owner._parameters if kind == "p" else owner._buffers)[n] = original
+        for m in self.model.get_submodule(name).modules():
+            if getattr(m, "kind", None):  # quantized modules (loaded, or swapped in by a method)
+                m.to("meta")
+
+    def hold(self, name: str) -> nn.Module:
+        """Fill block `name` and keep it filled across forwards until release/commit."""
+        block = self.fill(name)
+        self.transient.discard(name)
+        return block
+
+    def weight_bytes(self) -> int:
+        """Bytes of weights as held in memory, measured block by block (each filled, counted
+        with `profile.memory.weight_bytes`, emptied), tied weights once, plus the resident
+        parts: the same count as for the model in memory, never read off meta shapes."""
+        from compress.profile.memory import weight_bytes
+        from compress.quant.serialize import _persistent_buffers
+
+        tied = self._tied()
+        total = 0
+        for b in self.sources:
+            if self._all_tied(b, tied):
+                continue
+            was = b in self.resident
+            total += weight_bytes(self.fill(b))
+            if not was:
+                self.release(b)
+        inside = tuple(b + "." for b in self.sources)
+        seen = set()
+        for n, t in list(self.model.named_parameters()) + _persistent_buffers(self.model):
+            if n.startswith(inside) or _is_meta(t) or t.untyped_storage().data_ptr() in seen:
+                continue
+            seen.add(t.untyped_storage().data_ptr())
+            total += t.untyped_storage().nbytes()
+        return total
+
+    # -- writing -------------------------------------------------------------------------------
+    def block_tensors(self, name: str) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+        """A filled block's tensors as saved (quantized modules in portable form) and the
+        specs of its quantized modules."""
+        from compress.quant.serialize import block_export
+
+        return block_export(self.model.get_submodule(name), name)
+
+    def commit(self, name: str) -> None:
+        """Write held block `name` (as rewritten) to the scratch folder, then empty it."""
+        from safetensors.torch import save_file
+
+        if self.scratch is None:
+            raise RuntimeError("commit needs a variant (a scratch folder to write to)")
+        tensors, specs = self.block_tensors(name)
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        shard = self.scratch / f"{name}.safetensors"
+        tmp = shard.with_suffix(".tmp")
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        tmp.replace(shard)
+        folder = self.scratch / name  # one folder per block, so TensorFiles sees one file
+        folder.mkdir(exist_ok=True)
+        shard.replace(folder / "model.safetensors")
+        self.sources[name] = Source(TensorFiles(folder), specs)
+        self.release(name)
+
+    def _tied(self) -> dict[str, str]:
+        """{alias: kept name} for parameters shared between names (as save_compressed)."""
+        first: dict[int, str] = {}
+        out = {}
+        for n, p in self.model.named_parameters(remove_duplicate=False):
+            if id(p) in first:
+                out[n] = first[id(p)]
+            else:
+                first[id(p)] = n
+        return out
+
+    def _all_tied(self, block: str, tied: dict[str, str]) -> bool:
+        """A block whose every weight is another's (a tied output head) is not written."""
+        names = [f"{block}.{n}" for n, _ in self.model.get_submodule(block).named_parameters()]
+        return bool(names) and all(n in tied for n in names)

@@ -1,0 +1,83 @@
+"""`compress apply --stream / --max-memory` end to end on the tiny model: the streamed run
+scores exactly what the in-memory run scores, records its memory, is not timed; a cap that
+cannot be met is exit 2 before any run folder exists."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from compress.cli import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory, tiny_model_dir) -> Path:
+    from compress.testing import tiny_text_file
+
+    root = tmp_path_factory.mktemp("stream-cli")
+    calib = tiny_text_file(root / "calib.txt", repeats=60)
+    r = {
+        "name": "tiny-gptq",
+        "model": str(tiny_model_dir),
+        "stages": [{"method": "gptq", "bits": 4, "group_size": 32}],
+        "calibration": {"dataset": str(calib), "samples": 8, "seq_len": 64},
+        "eval": {"wikitext2": {"seq_len": 64, "max_windows": 6}, "kld": {"enabled": True}},
+        "profile": {"enabled": False},
+        "gates": [{"metric": "wikitext2.perplexity", "max_relative_increase": 0.5}],
+    }
+    path = root / "r.yaml"
+    path.write_text(yaml.safe_dump(r))
+    return path
+
+
+def one_run(out: Path) -> dict:
+    (folder,) = sorted((out / "tiny-gptq").iterdir())
+    return json.loads((folder / "report.json").read_text()) | {"_dir": str(folder)}
+
+
+def metric(report: dict, label: str, name: str) -> float:
+    rec = report["baseline"] if label == "baseline" else report["variants"][0]["record"]
+    return next(m["value"] for m in rec["measurements"] if m["name"] == name)
+
+
+def test_streamed_run_scores_what_the_in_memory_run_scores(recipe, tiny_data_dir, tmp_path):
+    args = ("apply", recipe, "--data-dir", tiny_data_dir, "--no-progress")
+    mem = run(*args, "--out", tmp_path / "mem")
+    streamed = run(*args, "--out", tmp_path / "stream", "--stream")
+    assert mem.exit_code == 0, mem.output
+    assert streamed.exit_code == 0, streamed.output
+    assert "layer by layer from disk" in streamed.output
+    a, b = one_run(tmp_path / "mem"), one_run(tmp_path / "stream")
+    for label in ("baseline", "variant"):
+        for name in ("wikitext2.perplexity", "weights.bytes"):
+            assert metric(a, label, name) == metric(b, label, name), (label, name)
+    assert metric(a, "variant", "kld.mean") == metric(b, "variant", "kld.mean")
+    mem_block = b["run"]["memory"]
+    assert mem_block["mode"] == "stream" and mem_block["peak_rss_bytes"] > 0
+    assert any("not timed" in n for n in b["notes"])
+    assert "memory" not in a["run"]
+    model = Path(b["_dir"]) / "model"
+    assert (model / "model.safetensors.index.json").is_file()
+    assert not (Path(b["_dir"]) / ".scratch").exists()  # committed layers cleaned up
+
+
+def test_cap_that_cannot_be_met_is_exit_2_before_anything(recipe, tiny_data_dir, tmp_path):
+    res = run("apply", recipe, "--out", tmp_path, "--max-memory", "10MiB", "--no-progress")
+    assert res.exit_code == 2, res.output
+    assert "even layer by layer" in res.output
+    assert not (tmp_path / "tiny-gptq").exists()
+
+
+def test_bad_size_is_exit_2(recipe, tmp_path):
+    res = run("apply", recipe, "--out", tmp_path, "--max-memory", "lots")
+    assert res.exit_code == 2 and "--max-memory" in res.output
