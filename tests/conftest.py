@@ -58,6 +58,14 @@ def tiny_data_dir(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def shared_data_module() -> Path:
+    """`shared_data` for module-scoped fixtures."""
+    if not (SHARED_DATA / "wikitext-2-raw").is_dir():
+        pytest.skip(f"shared evaluation data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
 @pytest.fixture()
 def shared_data() -> Path:
     if not (SHARED_DATA / "wikitext-2-raw").is_dir():

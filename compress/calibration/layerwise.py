@@ -31,6 +31,7 @@ from compress.calibration.calibrate import (
     sequential,
 )
 from compress.errors import BadInput, StageFailed
+from compress.stream.model import trim_heap
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ def solve_groups(
             solve(ctx, g, stat, n)
             t_solve += time.perf_counter() - t
             del stat
+            trim_heap()  # the group's Hessian and solve temporaries, returned to the OS
     else:
         t = time.perf_counter()
         stats = collect(ctx, groups, False, update)

@@ -118,7 +118,7 @@ def _quantize_group(
     mods = [lctx.layer.get_submodule(s) for s in names]
     full = [f"{lctx.name}.{s}" for s in names]
     layerwise.check_inputs(full[0], H, n_rows, "gptq")
-    W = torch.cat([m.weight.detach().float() for m in mods])
+    W = torch.cat([m.weight.detach() for m in mods])  # float32 chunk by chunk inside the solve
     if cfg.preserve_zeros:  # counted here, layer by layer (a streamed model is on disk before)
         zeros[0] += int((W == 0).sum())
     qt, row_err = _solve(W, H, cfg, static, full[0])

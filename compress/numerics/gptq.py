@@ -18,6 +18,9 @@ import torch
 from compress.numerics.grid import QuantizedTensor, dequantize, quantize
 from compress.numerics.hessian import chol_inverse_upper, one_thread_when_small
 
+#: weights (rows x cols) above which the solve goes in row chunks of about this many
+ROW_CHUNK = 1 << 23
+
 
 def _solve_block(Wt, Qt, U, scale, zero, i1: int, i2: int, groups, grid, Zt=None) -> None:
     """Quantize columns i1..i2 (rows of the transposed Wt) one by one, each rounding error
@@ -97,35 +100,49 @@ def gptq_quantize(
         W, H, bits, group_size, symmetric, act_order, static_groups, keep_zeros
     )
     H0 = H.to(W.device, torch.float32)
-    W0 = W.detach().to(torch.float32)
-    H = H0.clone()
-    W = W0.clone()
-    dead = torch.diagonal(H) == 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-
-    scale, zero = _initial_grid(W, bits, group_size, symmetric, static_groups)
-
+    dead = torch.diagonal(H0) == 0
+    H = H0
+    if dead.any():  # else no copy: chol_inverse_upper damps a copy of its own
+        H = H0.clone()
+        H[dead, dead] = 1.0
+    perm = None
     if act_order:
         perm = torch.argsort(torch.diagonal(H), descending=True, stable=True)
-        W, H = W[:, perm], H[perm][:, perm]
-    else:
-        perm = None
+        H = H[perm][:, perm]
     U, _ = chol_inverse_upper(H, damp)
     del H
 
-    grid, groups = (bits, symmetric), (group_size, static_groups)
-    Q = _solve(W, U, scale, zero, grid, groups, block_size, perm, keep_zeros)
+    rows, cols = W.shape
+    # rows are solved independently against the same U: a big matrix goes in row chunks, so
+    # its float32 working copies stay small (a 7B-width MLP's 22016 stacked rows would need
+    # ~6 x 360 MB at once); matrices up to ROW_CHUNK weights go in one piece, as before
+    step = rows if rows * cols <= ROW_CHUNK else max(1, ROW_CHUNK // cols)
+    q = torch.empty(rows, cols, dtype=torch.uint8, device=W.device)
+    scales, zeros, row_error = [], [], torch.empty(rows, dtype=torch.float32, device=W.device)
+    for r0 in range(0, rows, step):
+        W0 = W[r0 : r0 + step].detach().to(torch.float32)
+        Wc = W0.clone()
+        Wc[:, dead] = 0.0
+        scale, zero = _initial_grid(Wc, bits, group_size, symmetric, static_groups)
+        if perm is not None:
+            Wc = Wc[:, perm]
+        grid, groups = (bits, symmetric), (group_size, static_groups)
+        Q = _solve(Wc, U, scale, zero, grid, groups, block_size, perm, keep_zeros)
+        del Wc
+        part = QuantizedTensor(Q.to(torch.uint8), scale, zero, bits, group_size)
+        q[r0 : r0 + step] = part.q
+        delta = W0 - dequantize(part)
+        delta[:, dead] = 0.0  # dead inputs are always zero: their weights never reach the output
+        row_error[r0 : r0 + step] = ((delta @ H0) * delta).sum(1)
+        scales.append(scale)
+        zeros.append(zero)
     qt = QuantizedTensor(
-        q=Q.to(torch.uint8).contiguous(),
-        scale=scale,
-        zero=zero,
+        q=q,
+        scale=torch.cat(scales) if len(scales) > 1 else scales[0],
+        zero=torch.cat(zeros) if len(zeros) > 1 else zeros[0],
         bits=bits,
         group_size=group_size,
     )
-    delta = W0 - dequantize(qt)
-    delta[:, dead] = 0.0  # dead inputs are always zero: their weights never reach the output
-    row_error = ((delta @ H0) * delta).sum(1)
     return qt, row_error
 
 

@@ -113,31 +113,63 @@ def _shapes(folder: Path) -> tuple[Any, dict[str, int], int]:
     return config, blocks, total
 
 
-def _working_sets(recipe: Any, config: Any, quick: bool) -> dict[str, int]:
-    """Bytes of the largest working set of calibration and of evaluation (float32)."""
+def _phases(recipe: Any, config: Any, block: int) -> dict[str, dict[str, int]]:
+    """Bytes each phase holds besides the process: {phase: {term: bytes}}. `block` is the
+    largest block in float32 (evaluation holds it so; calibration in its own dtype)."""
+    from compress.methods import needs_calibration
+    from compress.numerics.gptq import ROW_CHUNK
+
     text = getattr(config, "text_config", None) or config
     hidden = int(text.hidden_size)
     inter = int(getattr(text, "intermediate_size", 4 * hidden))
     vocab = int(text.vocab_size)
-    out = {}
-    from compress.methods import needs_calibration
-
-    if any(needs_calibration(s) for v in recipe.variant_list for s in v.stages):
+    widest = max(hidden, inter)
+    out: dict[str, dict[str, int]] = {}
+    stages = [s for v in recipe.variant_list for s in v.stages if needs_calibration(s)]
+    if stages:
         cal = recipe.calibration
-        batch = max((getattr(s, "batch_size", 8) for v in recipe.variant_list for s in v.stages),
-                    default=8)  # fmt: skip
-        widest = max(hidden, inter)
-        out["calibration"] = (
-            2 * cal.samples * cal.seq_len * hidden * 4  # every sample's layer inputs and outputs
-            + 3 * min(batch, cal.samples) * cal.seq_len * inter * 4  # one chunk's MLP
-            + 3 * widest * widest * 4  # Hessian, inverse, Cholesky factor
-            + 3 * 2 * inter * hidden * 4  # widest group's weights, quantized copy, errors
+        c = max(_calib_bytes(s) for s in stages)
+        batch = min(max(getattr(s, "batch_size", 8) for s in stages), cal.samples)
+        inputs = cal.samples * cal.seq_len * hidden * c  # every sample's layer inputs
+        mlp = 3 * batch * cal.seq_len * inter * c  # one chunk's MLP activations
+        collect = widest**2 * 4 + mlp + batch * cal.seq_len * widest * 4  # H + x in float32
+        group = 2 * inter * hidden  # the widest group: gate+up stacked
+        temps = 8 * min(ROW_CHUNK, group) * 4  # float32 working copies of one row chunk
+        solve = max(  # H and its factor + the group's weights; then H + packing one module
+            2 * inter**2 * 4 + inter * hidden * c + temps,
+            2 * hidden**2 * 4 + group * c + temps,
+            inter**2 * 4 + inter * hidden * c + 5 * inter * hidden * 4,
         )
+        out["calibration"] = {
+            "layer": block * c // 4,
+            "layer inputs": inputs,
+            "Hessian, solve or next inputs": max(collect, solve, inputs + mlp),
+        }
     ev = recipe.eval.wikitext2
     if ev is not None:
         seq = ev.seq_len or min(2048, int(getattr(text, "max_position_embeddings", 2048)))
-        out["evaluation"] = 3 * seq * inter * 4 + 4 * seq * vocab * 4
+        out["evaluation"] = {
+            "block": block,
+            "window activations and logits": 3 * seq * inter * 4 + 4 * seq * vocab * 4,
+        }
     return out
+
+
+def _calib_bytes(stage: Any) -> int:
+    dtype = getattr(stage, "calibration_dtype", None) or getattr(stage, "compute_dtype", None)
+    return 4 if dtype in (None, "float32") else 2
+
+
+def _tokenizer_bytes(folder: Path) -> int:
+    """What loading the tokenizer adds to the process (measured: it is loaded for the run
+    anyway, and a large vocabulary costs hundreds of MB)."""
+    from transformers import AutoTokenizer
+
+    before = _rss()
+    tok = AutoTokenizer.from_pretrained(folder)
+    after = _rss()
+    del tok
+    return max(0, after - before)
 
 
 def _rss() -> int:
@@ -164,18 +196,19 @@ def plan(
     import transformers  # noqa: F401
 
     config, blocks, total = _shapes(folder)
-    work = _working_sets(recipe, config, quick)
-    base = _rss()
-    n_models = 1 + len(recipe.variant_list)
-    biggest = max(work.values(), default=0)
-    in_memory = base + n_models * total + biggest
     block = max(blocks.values())
-    streamed = base + block + biggest
+    phases = _phases(recipe, config, block)
+    base = _rss() + _tokenizer_bytes(folder)
+    n_models = 1 + len(recipe.variant_list)
+    work = max((sum(t.values()) - t.get("layer", 0) - t.get("block", 0) for t in phases.values()),
+               default=0)  # fmt: skip
+    in_memory = base + n_models * total + work
+    top = max(phases, key=lambda k: sum(phases[k].values()), default=None)
+    streamed = base + (sum(phases[top].values()) if top else block)
     if not stream and (cap is None or in_memory <= cap):
-        parts = {"process": base, f"{n_models} models": n_models * total, "working set": biggest}
+        parts = {"process": base, f"{n_models} models": n_models * total, "working set": work}
         return Plan(cap, "memory", in_memory, streamed, parts, str(folder))
-    parts = {"process": base, "largest block": block,
-             **{f"{k} working set": v for k, v in work.items()}}  # fmt: skip
+    parts = {"process": base, **{f"{top} {k}": v for k, v in (phases[top] if top else {}).items()}}
     if cap is not None and streamed > cap:
         raise BadInput(
             f"--max-memory {gib(cap)}: the run needs about {gib(streamed)} even layer by layer "

@@ -2,8 +2,8 @@
 
 A folder holds `model.safetensors`, or shards listed by `model.safetensors.index.json`, or
 several `*.safetensors` files; `TensorFiles` maps every tensor name to its file (read from the
-file headers only) and `read(names)` memory-maps just those files and copies just those
-tensors out, so reading one decoder layer costs about that layer's bytes.
+file headers only) and `read(names)` reads just those tensors' bytes (plain reads, no memory
+map), so reading one decoder layer costs about that layer's bytes.
 """
 
 from __future__ import annotations
@@ -21,13 +21,28 @@ DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16
                "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
 
 
-def header(path: Path) -> dict[str, dict]:
-    """A safetensors file's header: {name: {dtype, shape, data_offsets}} (metadata dropped)."""
+TORCH_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def header(path: Path) -> tuple[dict[str, dict], int]:
+    """A safetensors file's header {name: {dtype, shape, data_offsets}} (metadata dropped) and
+    where its data starts."""
     with path.open("rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         head = json.loads(f.read(n))
     head.pop("__metadata__", None)
-    return head
+    return head, 8 + n
 
 
 class TensorFiles:
@@ -45,8 +60,10 @@ class TensorFiles:
             raise FileNotFoundError(f"{self.folder}: no safetensors files")
         self.where: dict[str, str] = {}
         self.info: dict[str, dict] = {}
+        self.data_start: dict[str, int] = {}
         for name in files:
-            for key, meta in header(self.folder / name).items():
+            head, self.data_start[name] = header(self.folder / name)
+            for key, meta in head.items():
                 self.where[key] = name
                 self.info[key] = meta
 
@@ -60,16 +77,56 @@ class TensorFiles:
             n *= d
         return n * DTYPE_BYTES.get(meta["dtype"], 4)
 
-    def read(self, keys: Iterable[str]) -> dict[str, torch.Tensor]:
-        """The named tensors, copied out of their files (each file opened once)."""
-        from safetensors import safe_open
-
+    def read(
+        self, keys: Iterable[str], dtypes: dict[str, torch.dtype] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The named tensors, read from their files into fresh memory, each cast to
+        `dtypes[key]` (a big one in row slices). Plain reads, not a memory map: mapped pages a
+        process touched count in its RSS until unmapped, which would double a block's cost."""
+        dtypes = dtypes or {}
         by_file: dict[str, list[str]] = {}
         for k in keys:
             by_file.setdefault(self.where[k], []).append(k)
         out: dict[str, torch.Tensor] = {}
         for name, ks in by_file.items():
-            with safe_open(str(self.folder / name), framework="pt") as f:
+            with (self.folder / name).open("rb", buffering=0) as f:
                 for k in ks:
-                    out[k] = f.get_tensor(k)  # a copy: the map is closed when the file is
+                    off = self.data_start[name] + self.info[k]["data_offsets"][0]
+                    out[k] = _read_one(f, off, self.info[k], dtypes.get(k))
         return out
+
+
+#: elements per slice when a tensor is read and cast in pieces
+SLICE = 1 << 24
+
+
+def _read_one(f, offset: int, meta: dict, dtype: torch.dtype | None) -> torch.Tensor:
+    src = TORCH_DTYPES[meta["dtype"]]
+    shape = list(meta["shape"])
+    dtype = dtype or src
+    out = torch.empty(shape, dtype=dtype)
+    n = out.numel()
+    if n == 0:
+        return out
+    f.seek(offset)
+    if dtype == src:
+        _fill(f, out.reshape(-1))
+        return out
+    rows = max(1, SLICE // max(1, n // shape[0])) if shape else 1
+    flat_rows = out.reshape(shape[0], -1) if shape else out.reshape(1, 1)
+    for r0 in range(0, flat_rows.shape[0], rows):
+        piece = torch.empty_like(flat_rows[r0 : r0 + rows], dtype=src)
+        _fill(f, piece.reshape(-1))
+        flat_rows[r0 : r0 + rows] = piece.to(dtype)
+    return out
+
+
+def _fill(f, flat: torch.Tensor) -> None:
+    """Read exactly flat's bytes from f's position into it."""
+    buf = memoryview(flat.view(torch.uint8).numpy()).cast("B")
+    got = 0
+    while got < len(buf):
+        n = f.readinto(buf[got:])
+        if not n:
+            raise OSError(f"{f.name}: file ends inside a tensor")
+        got += n

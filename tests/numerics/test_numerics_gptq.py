@@ -163,3 +163,38 @@ def test_keep_zeros_keeps_a_pruning_mask(group_size, act_order):
     assert float((dequantize(loose) == 0).float().mean()) < 0.4
     with pytest.raises(ValueError, match="symmetric"):
         gptq_quantize(Wp, H, 4, group_size, False, act_order, keep_zeros=True)
+
+
+def test_big_matrices_go_in_row_chunks_with_the_same_codes(monkeypatch):
+    """Rows are solved independently against one U: chunking keeps every code (scales of
+    groups found mid-solve may differ in the last bits: the GEMM shapes differ)."""
+    from compress.numerics import gptq
+
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(512, 256, generator=g)
+    X = torch.randn(2048, 256, generator=g)
+    H = X.t() @ X * (2 / 2048)
+    for kw in ({"group_size": 64}, {"group_size": 64, "act_order": True}, {"group_size": None}):
+        whole, err_whole = gptq.gptq_quantize(W, H, 4, **kw)
+        monkeypatch.setattr(gptq, "ROW_CHUNK", 256 * 100)  # 100 rows per chunk, 6 chunks
+        chunked, err_chunked = gptq.gptq_quantize(W, H, 4, **kw)
+        monkeypatch.undo()
+        assert torch.equal(whole.q, chunked.q), kw
+        torch.testing.assert_close(whole.scale, chunked.scale, rtol=1e-5, atol=0)
+        torch.testing.assert_close(err_whole, err_chunked, rtol=1e-4, atol=1e-6)
+
+
+def test_in_place_factor_matches_torch(monkeypatch):
+    from compress.numerics import hessian
+
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(600, 300, generator=g)
+    H = X.t() @ X / 600
+    want, d1 = hessian.chol_inverse_upper(H, 0.01)
+    monkeypatch.setattr(hessian, "IN_PLACE_MIN", 100)
+    got, d2 = hessian.chol_inverse_upper(H, 0.01)
+    assert d1 == d2 and torch.equal(got, got.triu()) and got.is_contiguous()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    Hd = H.clone()
+    Hd.diagonal().add_(0.01 * float(H.diagonal().mean()))
+    torch.testing.assert_close(got.t() @ got @ Hd, torch.eye(300), rtol=0, atol=1e-4)

@@ -63,7 +63,7 @@ def test_streams_between_the_estimates(tiny_model_dir, source, fixed_rss):
     between = (p.streamed + p.in_memory) // 2
     q = budget.plan(recipe(tiny_model_dir), source, cap=between)
     assert q.mode == "stream" and q.folder == str(tiny_model_dir)
-    assert "largest block" in q.parts and "calibration working set" in q.parts
+    assert "calibration layer" in q.parts and "calibration layer inputs" in q.parts
     assert "layer by layer" in " ".join(q.lines())
 
 
