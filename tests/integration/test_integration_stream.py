@@ -24,7 +24,7 @@ def gemma(shared_data_module):
     folder = stream_folder(h.source)
     assert folder is not None, "the dequantized copy of the GGUF was not cached"
     cal = load_calibration(
-        h.tokenizer, Calibration(samples=8, seq_len=128), data_dir=shared_data_module
+        h.tokenizer, Calibration(samples=4, seq_len=64), data_dir=shared_data_module
     )
     return h, folder, cal
 
