@@ -18,8 +18,8 @@ write bit-identical weights and score identical perplexity and KLD (the streamed
 changes where tensors live, not what is computed). The random weights make the quality
 figures meaningless as quality; they only need to agree.
 
-    python benchmarks/bigmodel.py --out reports/examples            # both runs
-    python benchmarks/bigmodel.py --out reports/examples --only streamed
+    python benchmarks/bigmodel.py                 # both runs (reports/benchmarks/bigmodel/runs)
+    python benchmarks/bigmodel.py --only streamed
 """
 
 from __future__ import annotations
@@ -145,7 +145,9 @@ def same_weights(a: Path, b: Path) -> bool:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=REPO / "reports" / "examples")
+    ap.add_argument(
+        "--out", type=Path, default=REPO / "reports" / "benchmarks" / "bigmodel" / "runs"
+    )
     ap.add_argument("--only", choices=("streamed", "memory"), default=None)
     ap.add_argument(
         "--reuse-memory",
