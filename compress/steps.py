@@ -352,8 +352,10 @@ def _baseline_for_timing(base: ModelHandle, run_dir: Path) -> Path | None:
 
 
 def _kernel_policy(comp: ModelHandle, profile, device: str) -> dict | None:
-    """Time the compressed model's execution paths on this host (torch runtime only)."""
-    if comp.runtime != "torch" or profile.kernels == "fixed":
+    """Time the compressed model's execution paths on this host (torch runtime only). Not when
+    nothing is profiled: the choice would only make the evaluation's last digits depend on
+    which path won the timing here (each module keeps its default path, as under `fixed`)."""
+    if comp.runtime != "torch" or profile.kernels == "fixed" or not profile.enabled:
         return None
     from compress.profile.kernels import choose_policy
 
