@@ -201,8 +201,21 @@ def apply(
         if isinstance(e, typer.Exit):
             raise
         _fail(e)  # Ctrl-C -> 130, SIGTERM -> 143, after failure.json was written
+    _print_outcome(report, run_dir, memory is not None)
+    try:
+        from compress.cli_report import emit_gate_outputs
+
+        results = {v.name: v.gates for v in report.variants if not v.control}
+        code = emit_gate_outputs(report, results, report.exit_code, junit, summary_md, policy)
+    except BaseException as e:  # noqa: BLE001 - e.g. the folder vanished during the run
+        _fail(e)
+    raise typer.Exit(code)
+
+
+def _print_outcome(report, run_dir: Path, memory: bool) -> None:
+    """The summary table, the memory lines of a --max-memory run, where everything went."""
     _print_summary(report)
-    if memory is not None:
+    if memory:
         from compress.stream.run import memory_notes
 
         for line in memory_notes(report.run):
@@ -213,14 +226,6 @@ def apply(
         f"json: {run_dir / 'report.json'}, "
         f"model{'s' if len(report.variants) > 1 else ''}: {models_at})"
     )
-    try:
-        from compress.cli_report import emit_gate_outputs
-
-        results = {v.name: v.gates for v in report.variants if not v.control}
-        code = emit_gate_outputs(report, results, report.exit_code, junit, summary_md, policy)
-    except BaseException as e:  # noqa: BLE001 - e.g. the folder vanished during the run
-        _fail(e)
-    raise typer.Exit(code)
 
 
 def _memory_plan(recipe, max_memory: str | None, quick: bool, stream: bool):

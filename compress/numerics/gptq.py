@@ -112,10 +112,18 @@ def gptq_quantize(
     U, _ = chol_inverse_upper(H, damp)
     del H
 
+    grid, groups = (bits, symmetric), (group_size, static_groups)
+    return _solve_rows(W, H0, U, dead, perm, grid, groups, block_size, keep_zeros)
+
+
+def _solve_rows(W, H0, U, dead, perm, grid, groups, block_size, keep_zeros):
+    """Quantize W's rows against the factor U; returns (codes/scales/zeros, row errors).
+
+    Rows are solved independently against the same U: a big matrix goes in row chunks, so its
+    float32 working copies stay small (a 7B-width MLP's 22016 stacked rows would need ~6 x 360
+    MB at once); matrices up to ROW_CHUNK weights go in one piece."""
+    (bits, symmetric), (group_size, static_groups) = grid, groups
     rows, cols = W.shape
-    # rows are solved independently against the same U: a big matrix goes in row chunks, so
-    # its float32 working copies stay small (a 7B-width MLP's 22016 stacked rows would need
-    # ~6 x 360 MB at once); matrices up to ROW_CHUNK weights go in one piece, as before
     step = rows if rows * cols <= ROW_CHUNK else max(1, ROW_CHUNK // cols)
     q = torch.empty(rows, cols, dtype=torch.uint8, device=W.device)
     scales, zeros, row_error = [], [], torch.empty(rows, dtype=torch.float32, device=W.device)
@@ -126,7 +134,6 @@ def gptq_quantize(
         scale, zero = _initial_grid(Wc, bits, group_size, symmetric, static_groups)
         if perm is not None:
             Wc = Wc[:, perm]
-        grid, groups = (bits, symmetric), (group_size, static_groups)
         Q = _solve(Wc, U, scale, zero, grid, groups, block_size, perm, keep_zeros)
         del Wc
         part = QuantizedTensor(Q.to(torch.uint8), scale, zero, bits, group_size)

@@ -177,12 +177,19 @@ def weight_bytes(model: Any) -> int:
 
     if of(model) is not None:
         return of(model).weight_bytes()
-    seen: set[tuple[str, int]] = set()
     total = 0
     for module in model.modules():  # weights held outside parameters/buffers (torch.ao packed)
         if hasattr(module, "weight_nbytes"):
             total += int(module.weight_nbytes())
-    for t in _persistent_tensors(model):
+    return total + storage_bytes(_persistent_tensors(model))
+
+
+def storage_bytes(tensors: Any) -> int:
+    """Bytes of the distinct storages under `tensors` (tensor subclasses: their leaves), each
+    counted once; a meta tensor counts its shape's bytes."""
+    seen: set[tuple[str, int]] = set()
+    total = 0
+    for t in tensors:
         for leaf in _leaf_tensors(t):
             if leaf.device.type == "meta":
                 key = ("meta", id(leaf))

@@ -70,8 +70,6 @@ def _module_spec(m: nn.Module, model: nn.Module) -> dict[str, Any]:
 def save_compressed(handle: ModelHandle, out_dir: str | Path) -> Path:
     """Write the model to `out_dir` atomically (a temp folder renamed at the end)."""
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        raise FileExistsError(f"{out_dir} exists; compressed models are never overwritten")
     model = handle.model
     quant = (
         {n: m for n, m in model.named_modules() if getattr(m, "kind", None)}
@@ -97,41 +95,64 @@ def save_compressed(handle: ModelHandle, out_dir: str | Path) -> Path:
             continue
         seen[key] = name
         tensors[name] = t.detach().cpu().contiguous()
-    manifest = {
-        "format": "compress",
-        "version": FORMAT_VERSION,
-        "compute_dtype": handle.dtype,
-        "modules": {n: _module_spec(m, model) for n, m in quant.items()},
-        "tied": tied,
-        "stages": handle.stages,
-        "source": handle.source.describe(),
-        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    if handle.runtime != "torch":
-        manifest.update(runtime=handle.runtime, modules={}, tied={})
+    specs = {n: _module_spec(m, model) for n, m in quant.items()}
+    tmp = staging(out_dir)
     try:
-        cfg = model.config
-        for attr in ("quantization_config",):
-            if hasattr(cfg, attr):
-                delattr(cfg, attr)
-        cfg.save_pretrained(tmp)
-        if handle.tokenizer is not None:
-            handle.tokenizer.save_pretrained(tmp)
+        save_config(model, handle, tmp)
         if handle.runtime == "torch":
             save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            write_manifest(tmp, handle, specs, tied)
         else:
             importlib.import_module(RUNTIMES[handle.runtime]).save(handle, tmp)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-        os.chmod(tmp, 0o777 & ~_umask())
-        for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~_umask())
-        os.replace(tmp, out_dir)
+            write_manifest(tmp, handle, {}, {}, runtime=handle.runtime)
+        publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def staging(out_dir: Path) -> Path:
+    """A fresh temp folder beside `out_dir` (which must not exist: never overwritten)."""
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} exists; compressed models are never overwritten")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+
+
+def save_config(model: nn.Module, handle: ModelHandle, tmp: Path) -> None:
+    """config.json (without a quantization_config: ours is the manifest) and the tokenizer."""
+    cfg = model.config
+    if hasattr(cfg, "quantization_config"):
+        delattr(cfg, "quantization_config")
+    cfg.save_pretrained(tmp)
+    if handle.tokenizer is not None:
+        handle.tokenizer.save_pretrained(tmp)
+
+
+def write_manifest(
+    tmp: Path, handle: ModelHandle, modules: dict, tied: dict[str, str], **extra: Any
+) -> None:
+    manifest = {
+        "format": "compress",
+        "version": FORMAT_VERSION,
+        "compute_dtype": handle.dtype,
+        "modules": modules,
+        "tied": tied,
+        "stages": handle.stages,
+        "source": handle.source.describe(),
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **extra,
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+
+
+def publish(tmp: Path, out_dir: Path) -> None:
+    """Give the finished temp folder the usual permissions and rename it into place."""
+    os.chmod(tmp, 0o777 & ~_umask())
+    for f in tmp.iterdir():
+        os.chmod(f, 0o666 & ~_umask())
+    os.replace(tmp, out_dir)
 
 
 def block_export(block: nn.Module, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:

@@ -96,15 +96,11 @@ def _shapes(folder: Path) -> tuple[Any, dict[str, int], int]:
     """(config, {block: float32 bytes}, float32 bytes of the whole model), from a meta
     skeleton (tied weights once)."""
     import torch
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    from compress.stream.model import StreamedModel
+    from compress.stream.model import StreamedModel, skeleton
 
-    config = AutoConfig.from_pretrained(folder)
-    with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.tie_weights()
+    model = skeleton(folder, torch.float32)
+    config = model.config
     blocks = {
         b: sum(p.numel() for p in model.get_submodule(b).parameters()) * 4
         for b in StreamedModel._block_names(model)

@@ -41,6 +41,15 @@ class Source:
 
     files: TensorFiles
     specs: dict[str, dict] = field(default_factory=dict)  # sub-module -> spec (with "dtype")
+    _blocks: dict[str, list[str]] = field(default_factory=dict, repr=False)
+
+    def under(self, block: str, sub: str) -> list[str]:
+        """Tensor names under `block.sub.` (without that prefix); the block's names are
+        looked up once, not on every fill."""
+        if block not in self._blocks:
+            self._blocks[block] = [k for k in self.files.where if k.startswith(block + ".")]
+        prefix = f"{block}.{sub}."
+        return [k[len(prefix) :] for k in self._blocks[block] if k.startswith(prefix)]
 
 
 def of(model: Any) -> StreamedModel | None:
@@ -63,6 +72,19 @@ def trim_heap() -> None:
 
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def skeleton(folder: str | Path, dtype: torch.dtype) -> nn.Module:
+    """The model of `folder`'s config.json on the meta device (no memory for weights; buffers
+    real), tied weights tied (from_config does not tie on meta), in eval mode."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(folder)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.tie_weights()
+    return model.eval()
 
 
 def _is_meta(t: torch.Tensor | None) -> bool:
@@ -96,16 +118,9 @@ class StreamedModel:
     @classmethod
     def open(cls, folder: str | Path, dtype: str = "float32") -> StreamedModel:
         """The model of a Hugging Face folder (config.json + safetensors), blocks on disk."""
-        from accelerate import init_empty_weights
-        from transformers import AutoConfig, AutoModelForCausalLM
-
         folder = Path(folder)
         files = TensorFiles(folder)
-        config = AutoConfig.from_pretrained(folder)
-        with init_empty_weights(include_buffers=False):
-            model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
-        model.tie_weights()  # not done on the meta device by from_config
-        model.eval()
+        model = skeleton(folder, getattr(torch, dtype))
         blocks = cls._block_names(model)
         aliases = cls._aliases(model, files)
         cls._fill_resident(model, blocks, files, aliases)
@@ -114,9 +129,6 @@ class StreamedModel:
     @classmethod
     def open_compressed(cls, folder: str | Path) -> StreamedModel:
         """A folder `save` (or `save_compressed`) wrote, reloaded with its blocks on disk."""
-        from accelerate import init_empty_weights
-        from transformers import AutoConfig, AutoModelForCausalLM
-
         from compress.quant.serialize import MANIFEST, _kind_class
         from compress.targets import set_module
 
@@ -124,11 +136,7 @@ class StreamedModel:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         compute = getattr(torch, manifest["compute_dtype"])
         files = TensorFiles(folder)
-        config = AutoConfig.from_pretrained(folder)
-        with init_empty_weights(include_buffers=False):
-            model = AutoModelForCausalLM.from_config(config, dtype=compute)
-        model.tie_weights()
-        model.eval()
+        model = skeleton(folder, compute)
         blocks = cls._block_names(model)
         specs: dict[str, dict[str, dict]] = {b: {} for b in blocks}
         for name, spec in manifest["modules"].items():
@@ -234,7 +242,7 @@ class StreamedModel:
                     if _is_meta(t) and n not in skip:
                         slots.append((owner, kind, n, t, f"{full_owner}.{n}"))
         keys = [self.aliases.get(s[4], s[4]) for s in slots]
-        keys += [f"{name}.{sub}.{k}" for sub in quant for k in self._export_keys(src, name, sub)]
+        keys += [f"{name}.{sub}.{k}" for sub in quant for k in src.under(name, sub)]
         dtypes = {self.aliases.get(s[4], s[4]): s[3].dtype for s in slots}
         tensors = src.files.read(keys, dtypes)
         held = []
@@ -250,11 +258,6 @@ class StreamedModel:
         self.resident[name] = held
         self.peak_blocks = max(self.peak_blocks, len(self.resident))
         return block
-
-    @staticmethod
-    def _export_keys(src: Source, block: str, sub: str) -> list[str]:
-        prefix = f"{block}.{sub}."
-        return [k[len(prefix) :] for k in src.files.where if k.startswith(prefix)]
 
     def release(self, name: str) -> None:
         """Empty block `name`: its original meta tensors back, anything new moved to meta."""
@@ -279,7 +282,7 @@ class StreamedModel:
         """Bytes of weights as held in memory, measured block by block (each filled, counted
         with `profile.memory.weight_bytes`, emptied), tied weights once, plus the resident
         parts: the same count as for the model in memory, never read off meta shapes."""
-        from compress.profile.memory import weight_bytes
+        from compress.profile.memory import storage_bytes, weight_bytes
         from compress.quant.serialize import _persistent_buffers
 
         tied = self._tied()
@@ -292,13 +295,10 @@ class StreamedModel:
             if not was:
                 self.release(b)
         inside = tuple(b + "." for b in self.sources)
-        seen = set()
-        for n, t in list(self.model.named_parameters()) + _persistent_buffers(self.model):
-            if n.startswith(inside) or _is_meta(t) or t.untyped_storage().data_ptr() in seen:
-                continue
-            seen.add(t.untyped_storage().data_ptr())
-            total += t.untyped_storage().nbytes()
-        return total
+        named = list(self.model.named_parameters()) + _persistent_buffers(self.model)
+        return total + storage_bytes(
+            t for n, t in named if not n.startswith(inside) and not _is_meta(t)
+        )
 
     # -- writing -------------------------------------------------------------------------------
     def block_tensors(self, name: str) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:

@@ -17,18 +17,19 @@ def save(sm: StreamedModel, handle: Any, out_dir: str | Path) -> Path:
     """Write the model as `compress.quant.serialize` reads it, block by block (one block in
     memory at a time), to a temp folder renamed to `out_dir` at the end (never overwrites)."""
     import shutil
-    import tempfile
-    import time
 
     from safetensors.torch import save_file
 
-    from compress.quant.serialize import FORMAT_VERSION, MANIFEST, _persistent_buffers
+    from compress.quant.serialize import (
+        _persistent_buffers,
+        publish,
+        save_config,
+        staging,
+        write_manifest,
+    )
 
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        raise FileExistsError(f"{out_dir} exists; compressed models are never overwritten")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = staging(out_dir)
     tied = sm._tied()
     blocks = [b for b in sm.sources if not sm._all_tied(b, tied)]
     n = len(blocks) + 1
@@ -55,40 +56,15 @@ def save(sm: StreamedModel, handle: Any, out_dir: str | Path) -> Path:
         save_file(rest, str(tmp / shard_name(n - 1, n)), metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(rest, shard_name(n - 1, n)))
         write_index(tmp, weight_map, total)
-        cfg = sm.model.config
-        if hasattr(cfg, "quantization_config"):
-            delattr(cfg, "quantization_config")
-        cfg.save_pretrained(tmp)
-        if handle.tokenizer is not None:
-            handle.tokenizer.save_pretrained(tmp)
-        manifest = {
-            "format": "compress",
-            "version": FORMAT_VERSION,
-            "compute_dtype": handle.dtype,
-            "modules": modules,
-            "tied": tied,
-            "stages": handle.stages,
-            "source": handle.source.describe(),
-            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "streamed": "written block by block (compress.stream)",
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-        _publish(tmp, out_dir)
+        save_config(sm.model, handle, tmp)
+        write_manifest(
+            tmp, handle, modules, tied, streamed="written block by block (compress.stream)"
+        )
+        publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
-
-
-def _publish(tmp: Path, out_dir: Path) -> None:
-    import os
-
-    from compress.report.io import _umask
-
-    os.chmod(tmp, 0o777 & ~_umask())
-    for f in tmp.iterdir():
-        os.chmod(f, 0o666 & ~_umask())
-    os.replace(tmp, out_dir)
 
 
 def shard_name(i: int, n: int) -> str:
