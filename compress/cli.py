@@ -168,7 +168,8 @@ def apply(
     stream: bool = typer.Option(
         False,
         "--stream",
-        help="Run layer by layer from disk even if the model fits (gptq recipes; no timing).",
+        help="Run layer by layer from disk even if the model fits (calibrated methods: gptq, "
+        "awq, smoothquant, wanda, sparsegpt; no timing).",
     ),
 ) -> None:
     """Compress, evaluate, profile, report and gate: the whole recipe in one pass."""

@@ -18,6 +18,7 @@ Not fold targets, on purpose:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -158,9 +159,15 @@ def _is_norm(m: nn.Module) -> bool:
 
 @torch.no_grad()
 def norm_offset_matches(norm: nn.Module, offset: float) -> bool:
-    """Probe the norm with a constant input (normalises to ~1): output ~ offset + weight."""
+    """Probe the norm with a constant input (normalises to ~1): output ~ offset + weight.
+    A norm whose weight is on the meta device (a layer of a model streamed from disk, not
+    loaded yet) is probed on a copy holding test weights: the check is about its formula."""
     if isinstance(norm, nn.LayerNorm) and norm.bias is not None:
         return False  # a constant input normalises to 0 in a LayerNorm: not probeable
+    if norm.weight.device.type == "meta":
+        norm = copy.deepcopy(norm).to_empty(device="cpu")
+        n = norm.weight.numel()
+        norm.weight.copy_(torch.linspace(0.5, 1.5, n, dtype=torch.float32).to(norm.weight.dtype))
     w = norm.weight.detach()
     probe = torch.ones(1, w.numel(), dtype=torch.float32, device=w.device).to(w.dtype)
     out = norm(probe)[0].float()
@@ -263,7 +270,20 @@ def plan(model: nn.Module, chosen: dict[str, nn.Module], *, stage: str) -> Plan:
     notes = [f"architecture family '{family.name}'", *family.notes]
     notes += [f"{s} (layers {_ranges(ix)})" for s, ix in skipped.items()]
     outside = [n for n in chosen if n not in inside]
+    _refuse_streamed_outside(model, outside, stage)
     return Plan(family, prefix, groups, targets, outside, notes)
+
+
+def _refuse_streamed_outside(model: nn.Module, outside: list[str], stage: str) -> None:
+    from compress.stream.model import of
+
+    if outside and of(model) is not None:
+        raise BadInput(
+            f"{stage}: targets outside the decoder layers ({', '.join(outside)}) are not "
+            "processed layer by layer from disk (the model does not fit in --max-memory).",
+            fix="Add them to the stage's ignore: (its default ignores lm_head), or raise "
+            "--max-memory.",
+        )
 
 
 def _ranges(ix: list[int]) -> str:

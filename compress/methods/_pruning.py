@@ -113,15 +113,26 @@ def calibrated(
     why: str,
     solve: Callable[..., None],
     update: Callable[..., Any],
-) -> tuple[dict[str, nn.Linear], list[float]]:
+) -> tuple[dict[str, nn.Linear], list[float], dict[str, dict[str, Any]]]:
     """A calibrated pruner's whole walk, in order: the calibration guard and the target
     pre-flight (before anything changes), then `solve` per group of every decoder layer on
-    the `update` statistic (calibration/layerwise.py). Returns (targeted Linears, s per layer)."""
+    the `update` statistic (calibration/layerwise.py). Returns (targeted Linears, s per layer,
+    each targeted Linear's zeros and pattern counted as its layer finished: a model streamed
+    from disk no longer holds the weights at the end)."""
     from compress.calibration import layerwise
     from compress.calibration.calibrate import require_calibration
 
     require_calibration(calibration, stage, why)
     chosen = prunable(handle, cfg, stage)
+    counted: dict[str, dict[str, Any]] = {}
+    candidates = _candidates(cfg)
+
+    def count(lctx) -> None:
+        head = lctx.name + "."
+        for name in chosen:
+            if name.startswith(head):
+                counted[name] = _count(lctx.layer.get_submodule(name[len(head) :]), candidates)
+
     per_layer = layerwise.run(
         handle.model,
         calibration,
@@ -131,8 +142,13 @@ def calibrated(
         true_sequential=cfg.true_sequential,
         batch_size=cfg.batch_size,
         desc=f"{stage} {cfg.describe()}",
+        after_layer=count,
     )
-    return chosen, per_layer
+    return chosen, per_layer, counted
+
+
+def _candidates(cfg: PruneBase) -> tuple[str, ...]:
+    return tuple(dict.fromkeys([*([cfg.mask_structure] if cfg.nm else []), "2:4", "4:8"]))
 
 
 def record(
@@ -141,6 +157,7 @@ def record(
     chosen: dict[str, nn.Linear],
     device: str,
     seconds: float,
+    counted: dict[str, dict[str, Any]] | None = None,
     **extra,
 ) -> StageRecord:
     """The stage record: sparsity reached and the pattern present, counted on the weights per
@@ -148,8 +165,8 @@ def record(
     pattern, and in words what it saves."""
     from compress.numerics.sparsity import overall_pattern
 
-    candidates = tuple(dict.fromkeys([*([cfg.mask_structure] if cfg.nm else []), "2:4", "4:8"]))
-    per_layer, two_four = _per_layer(chosen, candidates)
+    candidates = _candidates(cfg)
+    per_layer, two_four = _per_layer(chosen, candidates, counted)
     zeros = sum(p["zeros"] for p in per_layer.values())
     total = sum(p["weights"] for p in per_layer.values())
     measured = zeros / total
@@ -195,20 +212,25 @@ def record(
 
 
 def _per_layer(
-    chosen: dict[str, nn.Linear], candidates: tuple[str, ...]
+    chosen: dict[str, nn.Linear],
+    candidates: tuple[str, ...],
+    counted: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], int]:
-    """Per layer the zeros, weights, sparsity and pattern counted on its weight; and how many
-    layers are exactly 2:4."""
+    """Per layer the zeros, weights, sparsity and pattern counted on its weight (or as
+    `counted` during the walk); and how many layers are exactly 2:4."""
+    counted = counted or {}
+    per_layer = {n: dict(counted.get(n) or _count(m, candidates)) for n, m in chosen.items()}
+    two_four = sum(p.pop("two_four") for p in per_layer.values())
+    return per_layer, two_four
+
+
+def _count(m: nn.Linear, candidates: tuple[str, ...]) -> dict[str, Any]:
     from compress.numerics.sparsity import detect_pattern, satisfies, zero_count
 
-    per_layer: dict[str, dict[str, Any]] = {}
-    two_four = 0
-    for name, m in chosen.items():
-        z, n = zero_count(m.weight), m.weight.numel()
-        pattern = detect_pattern(m.weight, candidates)
-        per_layer[name] = {"sparsity": z / n, "zeros": z, "weights": n, "pattern": pattern}
-        two_four += satisfies(m.weight, 2, 4)
-    return per_layer, two_four
+    z, n = zero_count(m.weight), m.weight.numel()
+    pattern = detect_pattern(m.weight, candidates)
+    return {"sparsity": z / n, "zeros": z, "weights": n, "pattern": pattern,
+            "two_four": bool(satisfies(m.weight, 2, 4))}  # fmt: skip
 
 
 def _pattern_notes(

@@ -59,7 +59,7 @@ def apply(ctx: StageContext, cfg: SparseGPTConfig) -> StageRecord:
             with torch.no_grad():
                 m.weight.copy_(W_new.to(m.weight.dtype))
 
-    chosen, per_layer = calibrated(
+    chosen, per_layer, counted = calibrated(
         handle,
         cfg,
         calibration,
@@ -74,6 +74,7 @@ def apply(ctx: StageContext, cfg: SparseGPTConfig) -> StageRecord:
         chosen,
         handle.device,
         time.perf_counter() - t0,
+        counted=counted,
         output_error=layerwise.error_summary(
             errors, "relative layer output error ||X(W - W_p)^T||^2 / ||X W^T||^2 on calibration"
         ),

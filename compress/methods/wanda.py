@@ -43,7 +43,7 @@ def apply(ctx: StageContext, cfg: WandaConfig) -> StageRecord:
                 w = ctx.layer.get_submodule(sub).weight
                 w.masked_fill_(prune_mask(wanda_scores(w, sq), cfg.sparsity, cfg.nm), 0)
 
-    chosen, per_layer = calibrated(
+    chosen, per_layer, counted = calibrated(
         handle,
         cfg,
         calibration,
@@ -58,5 +58,6 @@ def apply(ctx: StageContext, cfg: WandaConfig) -> StageRecord:
         chosen,
         handle.device,
         time.perf_counter() - t0,
+        counted=counted,
         per_layer_seconds=per_layer,
     )

@@ -5,8 +5,9 @@ The estimate adds, in bytes: what this process already holds (interpreter, torch
 transformers: measured), the weights that must be in memory at once (every model in memory;
 one block at a time when streamed, in float32, the baseline's dtype) and the largest working
 set of a phase: calibration (the layer inputs and outputs of every sample, one chunk's MLP
-activations, the Hessian of the widest Linear with its inverse and Cholesky factor, the
-stacked weights of the widest group with their quantized copy and errors) or evaluation (one
+activations, and what the method collects or solves: for gptq the Hessian of the widest
+Linear with its inverse Cholesky factor and the widest group's weights, see `_method_bytes`
+for each method) or evaluation (one
 window's MLP activations and its logits for two models with their log-softmaxes). Shapes come
 from the model's config and its meta skeleton; nothing is loaded. It is an estimate: the
 report records it beside the measured peak RSS.
@@ -23,7 +24,7 @@ from compress.errors import BadInput
 
 #: methods whose stage walks the decoder through the shared calibration loop and nothing
 #: else, so a layer-by-layer model works with them unchanged
-STREAMABLE = ("gptq",)
+STREAMABLE = ("gptq", "awq", "smoothquant", "wanda", "sparsegpt")
 _UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
           "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}  # fmt: skip
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]I?)?B?\s*$", re.IGNORECASE)
@@ -113,7 +114,6 @@ def _phases(recipe: Any, config: Any, block: int) -> dict[str, dict[str, int]]:
     """Bytes each phase holds besides the process: {phase: {term: bytes}}. `block` is the
     largest block in float32 (evaluation holds it so; calibration in its own dtype)."""
     from compress.methods import needs_calibration
-    from compress.numerics.gptq import ROW_CHUNK
 
     text = getattr(config, "text_config", None) or config
     hidden = int(text.hidden_size)
@@ -128,18 +128,12 @@ def _phases(recipe: Any, config: Any, block: int) -> dict[str, dict[str, int]]:
         batch = min(max(getattr(s, "batch_size", 8) for s in stages), cal.samples)
         inputs = cal.samples * cal.seq_len * hidden * c  # every sample's layer inputs
         mlp = 3 * batch * cal.seq_len * inter * c  # one chunk's MLP activations
-        collect = widest**2 * 4 + mlp + batch * cal.seq_len * widest * 4  # H + x in float32
-        group = 2 * inter * hidden  # the widest group: gate+up stacked
-        temps = 8 * min(ROW_CHUNK, group) * 4  # float32 working copies of one row chunk
-        solve = max(  # H and its factor + the group's weights; then H + packing one module
-            2 * inter**2 * 4 + inter * hidden * c + temps,
-            2 * hidden**2 * 4 + group * c + temps,
-            inter**2 * 4 + inter * hidden * c + 5 * inter * hidden * 4,
-        )
+        shapes = (hidden, inter, c, mlp + batch * cal.seq_len * widest * 4)
+        work = max(_method_bytes(s.method, *shapes) for s in stages)
         out["calibration"] = {
             "layer": block * c // 4,
             "layer inputs": inputs,
-            "Hessian, solve or next inputs": max(collect, solve, inputs + mlp),
+            "statistics, solve or next inputs": max(work, inputs + mlp),
         }
     ev = recipe.eval.wikitext2
     if ev is not None:
@@ -149,6 +143,32 @@ def _phases(recipe: Any, config: Any, block: int) -> dict[str, dict[str, int]]:
             "window activations and logits": 3 * seq * inter * 4 + 4 * seq * vocab * 4,
         }
     return out
+
+
+def _method_bytes(method: str, hidden: int, inter: int, c: int, chunk: int) -> int:
+    """A calibrated method's working set in one layer besides its inputs: what it collects
+    while one chunk of activations (`chunk` bytes) passes, or what its solve holds.
+
+    gptq / sparsegpt: the widest Linear's Hessian (float32) while collecting; then H and its
+    inverse factor with the group's weights and float32 row-chunk copies, or H while one module
+    is packed. awq: the Gram matrix of every input stream at once (three of the hidden width,
+    one of the MLP width) and the searched group's weights with fake-quantized copies.
+    wanda / smoothquant: per-channel statistics only, and the group's weights quantized."""
+    from compress.numerics.gptq import ROW_CHUNK
+
+    group = 2 * inter * hidden  # the widest group: gate+up stacked
+    if method in ("gptq", "sparsegpt"):
+        temps = 8 * min(ROW_CHUNK, group) * 4  # float32 working copies of one row chunk
+        collect = max(hidden, inter) ** 2 * 4 + chunk
+        solve = max(  # H and its factor + the group's weights; then H + packing one module
+            2 * inter**2 * 4 + inter * hidden * c + temps,
+            2 * hidden**2 * 4 + group * c + temps,
+            inter**2 * 4 + inter * hidden * c + 5 * inter * hidden * 4,
+        )
+        return max(collect, solve)
+    if method == "awq":
+        return (3 * hidden**2 + inter**2) * 4 + chunk + 3 * group * 4
+    return chunk + 2 * group * 4
 
 
 def _calib_bytes(stage: Any) -> int:

@@ -20,16 +20,21 @@ def run(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.fixture(scope="module")
-def recipe(tmp_path_factory, tiny_model_dir) -> Path:
+STAGES = {
+    "gptq": {"method": "gptq", "bits": 4, "group_size": 32},
+    "awq": {"method": "awq", "group_size": 32},
+    "wanda": {"method": "wanda", "sparsity": 0.5},
+}
+
+
+def write_recipe(root: Path, tiny_model_dir, stage: dict) -> Path:
     from compress.testing import tiny_text_file
 
-    root = tmp_path_factory.mktemp("stream-cli")
     calib = tiny_text_file(root / "calib.txt", repeats=60)
     r = {
         "name": "tiny-gptq",
         "model": str(tiny_model_dir),
-        "stages": [{"method": "gptq", "bits": 4, "group_size": 32}],
+        "stages": [stage],
         "calibration": {"dataset": str(calib), "samples": 8, "seq_len": 64},
         "eval": {"wikitext2": {"seq_len": 64, "max_windows": 6}, "kld": {"enabled": True}},
         # equal to the last bit only with the same execution paths: `fixed` (and a run that
@@ -37,9 +42,14 @@ def recipe(tmp_path_factory, tiny_model_dir) -> Path:
         "profile": {"enabled": False, "kernels": "fixed"},
         "gates": [{"metric": "wikitext2.perplexity", "max_relative_increase": 0.5}],
     }
-    path = root / "r.yaml"
+    path = root / f"{stage['method']}.yaml"
     path.write_text(yaml.safe_dump(r))
     return path
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory, tiny_model_dir) -> Path:
+    return write_recipe(tmp_path_factory.mktemp("stream-cli"), tiny_model_dir, STAGES["gptq"])
 
 
 def one_run(out: Path) -> dict:
@@ -52,7 +62,11 @@ def metric(report: dict, label: str, name: str) -> float:
     return next(m["value"] for m in rec["measurements"] if m["name"] == name)
 
 
-def test_streamed_run_scores_what_the_in_memory_run_scores(recipe, tiny_data_dir, tmp_path):
+@pytest.mark.parametrize("method", list(STAGES))
+def test_streamed_run_scores_what_the_in_memory_run_scores(
+    method, tiny_model_dir, tiny_data_dir, tmp_path
+):
+    recipe = write_recipe(tmp_path, tiny_model_dir, STAGES[method])
     args = ("apply", recipe, "--data-dir", tiny_data_dir, "--no-progress")
     mem = run(*args, "--out", tmp_path / "mem")
     streamed = run(*args, "--out", tmp_path / "stream", "--stream")
