@@ -221,5 +221,7 @@ def check_inputs(name: str, stat: torch.Tensor | None, n_rows: int, stage: str) 
     """A group's statistic must have seen rows, all finite."""
     if stat is None or n_rows == 0:
         raise StageFailed(f"{stage}: layer '{name}' received no calibration inputs.")
-    if not torch.isfinite(stat).all():
+    from compress.numerics.hessian import all_finite
+
+    if not all_finite(stat):
         raise StageFailed(f"{stage}: non-finite calibration inputs into layer '{name}'.")

@@ -71,7 +71,8 @@ class GPTQConfig(StageBase):
 
 
 def _solve(W: torch.Tensor, H: torch.Tensor, cfg: GPTQConfig, static: bool, name: str) -> tuple:
-    """One GPTQ solve of the stacked rows W; (QuantizedTensor, per-row error)."""
+    """One GPTQ solve of the stacked rows W; (QuantizedTensor, per-row error). H is consumed
+    (a big one becomes the solve's factor in place)."""
     from compress.errors import StageFailed
     from compress.numerics.gptq import gptq_quantize
 
@@ -87,6 +88,7 @@ def _solve(W: torch.Tensor, H: torch.Tensor, cfg: GPTQConfig, static: bool, name
             cfg.block_size,
             static_groups=static,
             keep_zeros=cfg.preserve_zeros,
+            consume_h=True,
         )
     except ValueError as e:
         raise StageFailed(f"gptq: layer '{name}' failed: {e}.") from None
@@ -111,7 +113,7 @@ def _quantize_group(
 
     from compress.calibration import layerwise
     from compress.errors import ReleaseFailed
-    from compress.numerics.grid import QuantizedTensor, as_int4, dequantize
+    from compress.numerics.grid import QuantizedTensor, as_int4
     from compress.numerics.hessian import output_energy
     from compress.quant.modules import Int4Linear, Int8Linear
 
@@ -121,27 +123,42 @@ def _quantize_group(
     W = torch.cat([m.weight.detach() for m in mods])  # float32 chunk by chunk inside the solve
     if cfg.preserve_zeros:  # counted here, layer by layer (a streamed model is on disk before)
         zeros[0] += int((W == 0).sum())
+    energy = output_energy(W, H)  # before the solve, which consumes H
     qt, row_err = _solve(W, H, cfg, static, full[0])
-    energy = output_energy(W, H)
+    H.set_()  # consumed (a big one is the solve's factor now): its memory goes back at once
+    del W
     r0 = 0
     for m, name in zip(mods, full, strict=True):
         r1 = r0 + m.out_features
         part = QuantizedTensor(qt.q[r0:r1], qt.scale[r0:r1], qt.zero[r0:r1], qt.bits, qt.group_size)
-        deq = dequantize(part)
-        if not (
-            torch.isfinite(part.scale).all()
-            and torch.isfinite(part.zero).all()
-            and torch.isfinite(deq).all()
-        ):
+        if not (torch.isfinite(part.scale).all() and torch.isfinite(part.zero).all()):
             raise ReleaseFailed(f"gptq: layer '{name}' has non-finite weights or scales.")
+        _write_back(m, part, name)
         errors[name] = float(row_err[r0:r1].sum() / energy[r0:r1].sum().clamp(min=1e-30))
         if cfg.bits == 8:
             new_modules[name] = Int8Linear.from_float(m, part, dtype)
         else:
             new_modules[name] = Int4Linear.from_float(m, as_int4(part), dtype)
-        with torch.no_grad():  # the loop's later forwards see the quantized weights
-            m.weight.copy_(deq.to(m.weight.dtype))
         r0 = r1
+
+
+def _write_back(m: nn.Linear, part, name: str, rows: int = 1024) -> None:
+    """The dequantized weights into `m` (the loop's later forwards see them), a block of rows
+    at a time (a 7B down_proj's float32 copy would be 180 MB at once)."""
+    import torch
+
+    from compress.errors import ReleaseFailed
+    from compress.numerics.grid import QuantizedTensor, dequantize
+
+    for r in range(0, m.out_features, rows):
+        sl = slice(r, r + rows)
+        deq = dequantize(
+            QuantizedTensor(part.q[sl], part.scale[sl], part.zero[sl], part.bits, part.group_size)
+        )
+        if not torch.isfinite(deq).all():
+            raise ReleaseFailed(f"gptq: layer '{name}' has non-finite weights or scales.")
+        with torch.no_grad():
+            m.weight[sl].copy_(deq.to(m.weight.dtype))
 
 
 def _notes(

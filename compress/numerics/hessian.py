@@ -54,15 +54,21 @@ def hessian_update(H: torch.Tensor | None, x: torch.Tensor, n: int) -> tuple[tor
     if m == 0:
         return H, n
     total = n + m
-    x = x.float()
     H.mul_(n / total)
     # upper block-triangle only, mirrored: ~25-30% fewer FLOPs than one full GEMM (measured at
     # 576 and 1536 wide on 2 cores), bit-identical result
     d = x.shape[1]
     nb = max(1, math.ceil(d / _HESSIAN_BLOCK))
     edges = [round(i * d / nb) for i in range(nb + 1)]
+    # inputs of IN_PLACE_MIN+ features are cast to float32 ~16 MB of rows at a time (a 7B
+    # down_proj's 4096 x 11008 chunk would be 180 MB at once); narrower ones in one piece
+    step = m if d < IN_PLACE_MIN else max(1, CAST_CHUNK // d)
+    for r0 in range(0, m, step):
+        xc = x[r0 : r0 + step].float()
+        for a0, a1 in zip(edges[:-1], edges[1:], strict=True):
+            H[a0:a1, a0:].addmm_(xc[:, a0:a1].t(), xc[:, a0:], alpha=2.0 / total)
+        del xc
     for a0, a1 in zip(edges[:-1], edges[1:], strict=True):
-        H[a0:a1, a0:].addmm_(x[:, a0:a1].t(), x[:, a0:], alpha=2.0 / total)
         if a1 < d:
             H[a1:, a0:a1] = H[a0:a1, a1:].t()
     return H, total
@@ -80,22 +86,28 @@ def output_energy(W: torch.Tensor, H: torch.Tensor, chunk: int = 1 << 22) -> tor
     return torch.cat(out) if len(out) > 1 else out[0]
 
 
-def chol_inverse_upper(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, float]:
+def chol_inverse_upper(
+    H: torch.Tensor, damp: float, *, consume: bool = False
+) -> tuple[torch.Tensor, float]:
     """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1; damping grows x10 (at most 4
     times) if H is not numerically positive definite. Returns the factor and the damp used.
 
     Intermediates are freed as soon as the next one exists; from `IN_PLACE_MIN` columns on
     (CPU), the three LAPACK steps overwrite one damped copy of H, so a 7B model's 11008-wide
-    down_proj needs one extra 485 MB matrix instead of three."""
+    down_proj needs one extra 485 MB matrix instead of three. With `consume` (same sizes; the
+    caller no longer needs H) they overwrite H itself and no copy is made: H is the factor
+    afterwards (see `consumes`)."""
     mean_diag = float(torch.diagonal(H).mean())
     in_place = H.device.type == "cpu" and H.shape[0] >= IN_PLACE_MIN
+    if consume and consumes(H):
+        return _consume(H, damp, mean_diag)
     for attempt in range(5):
         d = damp * 10**attempt
         Hd = H.clone()
         Hd.diagonal().add_(d * mean_diag)
         U = _lapack_in_place(Hd) if in_place else _torch_steps(Hd)
         del Hd
-        if U is not None and _all_finite(U):
+        if U is not None and all_finite(U):
             if attempt:
                 log.warning("gptq: H not positive definite; damping raised to %g", d)
             return U, d
@@ -103,13 +115,60 @@ def chol_inverse_upper(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, floa
     raise ValueError(f"Hessian is not positive definite even with damping {d:g}")
 
 
-def _all_finite(t: torch.Tensor, rows: int = 1024) -> bool:
+def consumes(H: torch.Tensor) -> bool:
+    """Whether `chol_inverse_upper(H, consume=True)` overwrites H (float32, CPU, contiguous,
+    `IN_PLACE_MIN` columns or more) instead of factoring a copy."""
+    return (
+        H.device.type == "cpu"
+        and H.dtype == torch.float32
+        and H.is_contiguous()
+        and H.shape[0] >= IN_PLACE_MIN
+    )
+
+
+def _consume(H: torch.Tensor, damp: float, mean_diag: float) -> tuple[torch.Tensor, float]:
+    """H becomes the factor in its own memory. The LAPACK steps only write H's upper triangle
+    (C order) until the last one succeeds, so after a failure H is rebuilt from its untouched
+    strict lower triangle and the saved diagonal, and tried again with more damping."""
+    diag = torch.diagonal(H).clone()
+    for attempt in range(5):
+        d = damp * 10**attempt
+        torch.diagonal(H).add_(d * mean_diag)
+        if _lapack_in_place(H, clean=False) is not None and all_finite(H):
+            _zero_below_diagonal(H)
+            if attempt:
+                log.warning("gptq: H not positive definite; damping raised to %g", d)
+            return H, d
+        _restore_upper(H, diag)
+    raise ValueError(f"Hessian is not positive definite even with damping {d:g}")
+
+
+def _restore_upper(H: torch.Tensor, diag: torch.Tensor, rows: int = 1024) -> None:
+    """H's upper triangle and diagonal again from its strict lower triangle and `diag`."""
+    n = H.shape[0]
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        blk = H[r0:r1, r0:r1]
+        blk.copy_(torch.tril(blk, -1) + torch.tril(blk, -1).t())
+        if r1 < n:
+            H[r0:r1, r1:] = H[r1:, r0:r1].t()
+    torch.diagonal(H).copy_(diag)
+
+
+def _zero_below_diagonal(H: torch.Tensor, rows: int = 1024) -> None:
+    for r0 in range(0, H.shape[0], rows):
+        H[r0 : r0 + rows].triu_(r0)  # row r0 + i keeps columns >= r0 + i
+
+
+def all_finite(t: torch.Tensor, rows: int = 1024) -> bool:
     """torch.isfinite(t).all(), a block of rows at a time (no full-size bool mask)."""
     return all(bool(torch.isfinite(t[r : r + rows]).all()) for r in range(0, t.shape[0], rows))
 
 
-#: columns from which chol_inverse_upper works in place (LAPACK through scipy)
+#: columns from which chol_inverse_upper works in place (LAPACK through scipy) and
+#: hessian_update casts its input CAST_CHUNK elements at a time
 IN_PLACE_MIN = 8192
+CAST_CHUNK = 1 << 22
 
 
 def _torch_steps(Hd: torch.Tensor) -> torch.Tensor | None:
@@ -122,10 +181,11 @@ def _torch_steps(Hd: torch.Tensor) -> torch.Tensor | None:
     return None if int(info) else U
 
 
-def _lapack_in_place(Hd: torch.Tensor) -> torch.Tensor | None:
+def _lapack_in_place(Hd: torch.Tensor, clean: bool = True) -> torch.Tensor | None:
     """Hd (C order, symmetric) becomes the upper factor U of Hd^-1 in its own memory: seen in
     Fortran order it is Hd^T = Hd, whose lower Cholesky factor of the inverse, read back in C
-    order, is U (zeros below the diagonal)."""
+    order, is U (zeros below the diagonal; with `clean=False` Hd's strict lower triangle is
+    left as it was: every step reads and writes the upper one only)."""
     from scipy.linalg import lapack
 
     a = Hd.numpy().T  # the same memory, Fortran-contiguous
@@ -137,7 +197,7 @@ def _lapack_in_place(Hd: torch.Tensor) -> torch.Tensor | None:
     c, info = potri(c, lower=1, overwrite_c=1)
     if info:
         return None
-    c, info = potrf(c, lower=1, overwrite_a=1, clean=1)
+    c, info = potrf(c, lower=1, overwrite_a=1, clean=int(clean))
     if info or not np_shares(c, a):
         return None
     return Hd

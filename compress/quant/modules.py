@@ -227,8 +227,15 @@ class Int4Linear(nn.Module):
     def _set(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> None:
         dev = self.scale_zero.device
         codes = codes.to(dev)
-        if dev.type == "cpu":
-            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+        if dev.type == "cpu":  # rows pack independently: 1024 at a time (int32 codes are 4x)
+            packed = torch.cat(
+                [
+                    torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+                        codes[r : r + 1024].to(torch.int32), 1
+                    )
+                    for r in range(0, codes.shape[0], 1024)
+                ]
+            )
         else:
             hi_lo = (codes[:, 0::2] << 4 | codes[:, 1::2]).to(torch.uint8)
             packed = torch.ops.aten._convert_weight_to_int4pack(

@@ -114,6 +114,7 @@ def _phases(recipe: Any, config: Any, block: int) -> dict[str, dict[str, int]]:
     """Bytes each phase holds besides the process: {phase: {term: bytes}}. `block` is the
     largest block in float32 (evaluation holds it so; calibration in its own dtype)."""
     from compress.methods import needs_calibration
+    from compress.numerics.hessian import CAST_CHUNK, IN_PLACE_MIN
 
     text = getattr(config, "text_config", None) or config
     hidden = int(text.hidden_size)
@@ -128,7 +129,10 @@ def _phases(recipe: Any, config: Any, block: int) -> dict[str, dict[str, int]]:
         batch = min(max(getattr(s, "batch_size", 8) for s in stages), cal.samples)
         inputs = cal.samples * cal.seq_len * hidden * c  # every sample's layer inputs
         mlp = 3 * batch * cal.seq_len * inter * c  # one chunk's MLP activations
-        shapes = (hidden, inter, c, mlp + batch * cal.seq_len * widest * 4)
+        cast = batch * cal.seq_len * widest * 4  # a chunk's inputs in float32 for H
+        if widest >= IN_PLACE_MIN:
+            cast = min(cast, CAST_CHUNK * 4)  # cast a few rows at a time (hessian_update)
+        shapes = (hidden, inter, c, mlp + cast)
         work = max(_method_bytes(s.method, *shapes) for s in stages)
         out["calibration"] = {
             "layer": block * c // 4,
@@ -150,20 +154,25 @@ def _method_bytes(method: str, hidden: int, inter: int, c: int, chunk: int) -> i
     while one chunk of activations (`chunk` bytes) passes, or what its solve holds.
 
     gptq / sparsegpt: the widest Linear's Hessian (float32) while collecting; then H and its
-    inverse factor with the group's weights and float32 row-chunk copies, or H while one module
-    is packed. awq: the Gram matrix of every input stream at once (three of the hidden width,
-    one of the MLP width) and the searched group's weights with fake-quantized copies.
+    inverse factor (gptq: the factor overwrites an H of IN_PLACE_MIN+ columns, one matrix)
+    with the group's weights and float32 row-chunk copies; packing goes 1024 rows at a time
+    after H is freed. awq: the Gram matrix of every input stream at once (three of the hidden
+    width, one of the MLP width) and the searched group's weights with fake-quantized copies.
     wanda / smoothquant: per-channel statistics only, and the group's weights quantized."""
     from compress.numerics.gptq import ROW_CHUNK
+    from compress.numerics.hessian import IN_PLACE_MIN
 
     group = 2 * inter * hidden  # the widest group: gate+up stacked
     if method in ("gptq", "sparsegpt"):
         temps = 8 * min(ROW_CHUNK, group) * 4  # float32 working copies of one row chunk
+
+        def factored(n: int) -> int:  # H and its factor
+            return n * n * 4 * (1 if method == "gptq" and n >= IN_PLACE_MIN else 2)
+
         collect = max(hidden, inter) ** 2 * 4 + chunk
-        solve = max(  # H and its factor + the group's weights; then H + packing one module
-            2 * inter**2 * 4 + inter * hidden * c + temps,
-            2 * hidden**2 * 4 + group * c + temps,
-            inter**2 * 4 + inter * hidden * c + 5 * inter * hidden * 4,
+        solve = max(
+            factored(inter) + inter * hidden * c + temps,
+            factored(hidden) + group * c + temps,
         )
         return max(collect, solve)
     if method == "awq":

@@ -198,3 +198,69 @@ def test_in_place_factor_matches_torch(monkeypatch):
     Hd = H.clone()
     Hd.diagonal().add_(0.01 * float(H.diagonal().mean()))
     torch.testing.assert_close(got.t() @ got @ Hd, torch.eye(300), rtol=0, atol=1e-4)
+
+
+def test_a_consumed_hessian_becomes_the_factor_with_the_same_codes(monkeypatch):
+    """consume_h: H (big, float32, CPU) is overwritten by the factor; the codes equal those of
+    the copying path and the row errors, now computed from the factor, agree up to rounding."""
+    from compress.numerics import gptq, hessian
+
+    monkeypatch.setattr(hessian, "IN_PLACE_MIN", 100)
+    g = torch.Generator().manual_seed(2)
+    W = torch.randn(96, 256, generator=g)
+    X = torch.randn(1024, 256, generator=g)
+    X[:, 7] = 0  # a dead input
+    H = X.t() @ X * (2 / 1024)
+    want, err_want = gptq.gptq_quantize(W, H.clone(), 4, 64)
+    factor, _ = hessian.chol_inverse_upper(_with_dead_as_one(H), 0.01)
+    Hc = H.clone()
+    got, err_got = gptq.gptq_quantize(W, Hc, 4, 64, consume_h=True)
+    assert torch.equal(want.q, got.q) and torch.equal(want.scale, got.scale)
+    torch.testing.assert_close(err_got, err_want, rtol=1e-3, atol=1e-5)
+    assert torch.equal(Hc, factor)  # H itself is the factor now
+    # act_order (a permuted copy) and small matrices keep H
+    Hc = H.clone()
+    gptq.gptq_quantize(W, Hc, 4, 64, act_order=True, consume_h=True)
+    assert torch.equal(Hc, H)
+
+
+def _with_dead_as_one(H):
+    H = H.clone()
+    dead = torch.diagonal(H) == 0
+    H[dead, dead] = 1.0
+    return H
+
+
+def test_a_consumed_hessian_is_rebuilt_when_damping_must_grow(monkeypatch):
+    """Not positive definite at the first damping: H is rebuilt from its untouched lower
+    triangle and tried again; the result equals the copying path's, damping included."""
+    from compress.numerics import hessian
+
+    monkeypatch.setattr(hessian, "IN_PLACE_MIN", 100)
+    g = torch.Generator().manual_seed(3)
+    V = torch.linalg.qr(torch.randn(200, 200, generator=g))[0]
+    eig = torch.linspace(1.0, 2.0, 200)
+    eig[0] = -0.05  # needs damping 0.1 x mean(diag) (~1.5) to become positive definite
+    H = (V * eig) @ V.t()
+    H = (H + H.t()) / 2
+    want, d_want = hessian.chol_inverse_upper(H, 0.01)
+    Hc = H.clone()
+    got, d_got = hessian.chol_inverse_upper(Hc, 0.01, consume=True)
+    assert d_got == d_want > 0.01 and got.data_ptr() == Hc.data_ptr()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert torch.equal(got, got.triu())
+
+
+def test_wide_inputs_fold_into_h_in_row_chunks(monkeypatch):
+    """From IN_PLACE_MIN features on, x is cast to float32 a few rows at a time: the same H
+    up to the order of the sums."""
+    from compress.numerics import hessian
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 700, 300, generator=g).to(torch.bfloat16)
+    want, n1 = hessian.hessian_update(None, x, 0)
+    monkeypatch.setattr(hessian, "IN_PLACE_MIN", 100)
+    monkeypatch.setattr(hessian, "CAST_CHUNK", 300 * 500)  # 500 rows a chunk: 5 chunks
+    got, n2 = hessian.hessian_update(None, x, 0)
+    assert n1 == n2 == 2100
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

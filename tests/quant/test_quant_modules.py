@@ -201,3 +201,17 @@ def test_cuda_inner_k_tiles_divides_k():
     assert cuda_inner_k_tiles(96) == 2
     with pytest.raises(ValueError, match="divisible by 32"):
         cuda_inner_k_tiles(48)
+
+
+def test_int4_rows_pack_1024_at_a_time_as_in_one_piece():
+    from compress.numerics.grid import QuantizedTensor
+    from compress.quant.modules import Int4Linear
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(0, 16, (2064, 64), generator=g, dtype=torch.uint8)  # 3 chunks of rows
+    scale, zero = torch.rand(2064, 2, generator=g) + 0.1, torch.randn(2064, 2, generator=g)
+    lin = torch.nn.Linear(64, 2064, bias=False)
+    m = Int4Linear.from_float(lin, QuantizedTensor(q, scale, zero, 4, 32), torch.bfloat16)
+    whole = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
+    assert torch.equal(m.qweight, whole)
+    assert torch.equal(m.codes(), q)
