@@ -146,6 +146,12 @@ def _run(st: RunState) -> Report:
         shared = st.shared_node and step is not steps.profile
         with nodelock.compute() if shared else contextlib.nullcontext():
             step(st)
+        if "memory" in st.run:  # --max-memory: which step set the peak
+            from compress.stream.run import peak_rss_bytes
+
+            st.run["memory"].setdefault("peak_rss_after_step_bytes", {})[step.__name__] = (
+                peak_rss_bytes()
+            )
     report = verdict.judge(st)
     verdict.write(st, report)
     return report

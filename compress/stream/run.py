@@ -56,6 +56,14 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def _peak_step(mem: dict) -> str:
+    """', reached in STEP': the first step after which the peak so far was the run's peak."""
+    after = mem.get("peak_rss_after_step_bytes") or {}
+    top = max(after.values(), default=None)
+    step = next((k for k, v in after.items() if v == top), None)
+    return f", reached in the {step} step" if step else ""
+
+
 def memory_notes(run: dict) -> list[str]:
     """The report's lines on the memory cap: estimate, measured peak, what streamed."""
     from compress.stream.budget import gib
@@ -72,6 +80,7 @@ def memory_notes(run: dict) -> list[str]:
         + f"; estimated peak {gib(est)}"
         + (f", measured peak RSS {gib(peak)}" if peak else "")
         + (" (OVER the cap)" if peak and mem["cap_bytes"] and peak > mem["cap_bytes"] else "")
+        + _peak_step(mem)
         + "."
     )
     out = [line]

@@ -81,8 +81,7 @@ def plan(
             continue
         recipe = sweep_recipe(spec, base, [p], name=p.name)
         if rung == "screen":
-            prof = recipe.profile.model_copy(update={"enabled": False})
-            recipe = recipe.model_copy(update={"profile": prof})
+            recipe = _untimed(recipe)
         jobs.append(
             TrialJob(
                 name=p.name,
@@ -97,3 +96,19 @@ def plan(
             )
         )
     return jobs
+
+
+def _untimed(recipe: Any) -> Any:
+    """The screen's recipe: no timing, hence no gate on a timed metric (the full trials decide
+    those; a recipe gating a metric it never measures is refused as bad input)."""
+    from compress.metrics import metric_info
+
+    def keep(gates: list) -> list:
+        return [g for g in gates if metric_info(g.metric).producer != "profile"]
+
+    data = recipe.model_dump(mode="json")
+    data["profile"]["enabled"] = False
+    data["gates"] = [g.model_dump(mode="json") for g in keep(recipe.gates)]
+    for v, raw in zip(recipe.variants or [], data.get("variants") or [], strict=True):
+        raw["gates"] = [g.model_dump(mode="json") for g in keep(v.gates)]
+    return parse_recipe(data, source=f"sweep screen of {recipe.name}")

@@ -80,6 +80,10 @@ def test_streamed_run_scores_what_the_in_memory_run_scores(
     assert metric(a, "variant", "kld.mean") == metric(b, "variant", "kld.mean")
     mem_block = b["run"]["memory"]
     assert mem_block["mode"] == "stream" and mem_block["peak_rss_bytes"] > 0
+    after = mem_block["peak_rss_after_step_bytes"]  # which step set the peak
+    assert list(after)[:3] == ["load", "compress", "evaluate"]
+    assert 0 < max(after.values()) <= mem_block["peak_rss_bytes"]
+    assert "reached in the" in " ".join(streamed.output.split())
     assert any("not timed" in n for n in b["notes"])
     assert "memory" not in a["run"]
     model = Path(b["_dir"]) / "model"

@@ -112,3 +112,25 @@ def test_a_tiny_cheapest_search_runs_end_to_end(tmp_path, tiny_model_dir, tiny_d
 
 def _trial(data, name):
     return next(t for t in data["trials"] if t["name"] == name)
+
+
+def test_the_shipped_search_screens_without_its_speed_gates(tmp_path):
+    """The screen is untimed, so a gate on a timed metric (recipes/int4.yaml's decode gate)
+    leaves its screen recipes (running them refused it as bad input: found by running the
+    shipped search on SmolLM2); the full trials keep every gate."""
+    from pathlib import Path
+
+    from compress.recipe import parse_recipe
+    from compress.sweep.local import load_sweep, plan
+
+    repo = Path(__file__).resolve().parents[2]
+    spec, base, points = load_sweep(repo / "sweeps" / "smollm2-int4-cheapest.yaml")
+    assert "decode.tokens_per_s" in [g.metric for g in base.gates]
+    for rung, timed in (("screen", False), ("trials", True)):
+        jobs = plan(spec, base, points, tmp_path, quick=False, data_dir=None, argv=[], rung=rung)
+        assert jobs
+        for j in jobs:
+            r = parse_recipe(j.recipe, source="test")  # valid, as the trial will load it
+            metrics = [g.metric for g in r.gates]
+            assert ("decode.tokens_per_s" in metrics) is timed and r.profile.enabled is timed
+            assert "wikitext2.perplexity" in metrics and "weights.bytes" in metrics
