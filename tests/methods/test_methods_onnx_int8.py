@@ -223,8 +223,8 @@ def test_smollm2_quality_and_a_measured_decode_speed(shared_data):
     # block 128 28.73 (+1.8%); kernel dynamic on every Linear 44.2 (+57%)
     assert ppl["compressed"] < 1.25 * ppl["baseline"], ppl
     # the ONNX Runtime model is timed through the same profiler: a speed is measured and
-    # reported (whether it beats torch depends on the host: benchmarks/, not a test)
+    # reported, one process: one reading (whether it beats torch depends on the host)
     cfg = ProfileConfig(prompt_tokens=32, new_tokens=8, warmup=1, repeats=2)
     prof = profile_model(comp, cfg, quick=False, progress=False)
     decode = next(m for m in prof["measurements"] if m["name"] == "decode.tokens_per_s")
-    assert decode["value"] > 0 and decode["n"] >= 2 and decode["unit"] == "tokens/s", decode
+    assert decode["value"] > 0 and decode["n"] == 1 and decode["unit"] == "tokens/s", decode
