@@ -113,7 +113,7 @@ def _quantize_group(
 
     from compress.calibration import layerwise
     from compress.errors import ReleaseFailed
-    from compress.numerics.grid import QuantizedTensor, as_int4
+    from compress.numerics.grid import as_int4
     from compress.numerics.hessian import output_energy
     from compress.quant.modules import Int4Linear, Int8Linear
 
@@ -130,7 +130,7 @@ def _quantize_group(
     r0 = 0
     for m, name in zip(mods, full, strict=True):
         r1 = r0 + m.out_features
-        part = QuantizedTensor(qt.q[r0:r1], qt.scale[r0:r1], qt.zero[r0:r1], qt.bits, qt.group_size)
+        part = qt.rows(slice(r0, r1))
         if not (torch.isfinite(part.scale).all() and torch.isfinite(part.zero).all()):
             raise ReleaseFailed(f"gptq: layer '{name}' has non-finite weights or scales.")
         _write_back(m, part, name)
@@ -148,13 +148,11 @@ def _write_back(m: nn.Linear, part, name: str, rows: int = 1024) -> None:
     import torch
 
     from compress.errors import ReleaseFailed
-    from compress.numerics.grid import QuantizedTensor, dequantize
+    from compress.numerics.grid import dequantize
 
     for r in range(0, m.out_features, rows):
         sl = slice(r, r + rows)
-        deq = dequantize(
-            QuantizedTensor(part.q[sl], part.scale[sl], part.zero[sl], part.bits, part.group_size)
-        )
+        deq = dequantize(part.rows(sl))
         if not torch.isfinite(deq).all():
             raise ReleaseFailed(f"gptq: layer '{name}' has non-finite weights or scales.")
         with torch.no_grad():

@@ -30,6 +30,11 @@ class QuantizedTensor:
     def groups(self) -> int:
         return self.scale.shape[1]
 
+    def rows(self, sl: slice) -> QuantizedTensor:
+        """The output rows `sl` (views, no copy)."""
+        q, scale, zero = self.q[sl], self.scale[sl], self.zero[sl]
+        return QuantizedTensor(q, scale, zero, self.bits, self.group_size)
+
 
 def _grouped(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
     out_f, in_f = w.shape

@@ -98,20 +98,24 @@ def chol_inverse_upper(
     caller no longer needs H) they overwrite H itself and no copy is made: H is the factor
     afterwards (see `consumes`)."""
     mean_diag = float(torch.diagonal(H).mean())
-    in_place = H.device.type == "cpu" and H.shape[0] >= IN_PLACE_MIN
-    if consume and consumes(H):
-        return _consume(H, damp, mean_diag)
+    own = consume and consumes(H)  # factor H itself; else a damped copy each attempt
+    in_place = H.device.type == "cpu" and H.shape[0] >= IN_PLACE_MIN  # (always when own)
+    diag = torch.diagonal(H).clone() if own else None
     for attempt in range(5):
         d = damp * 10**attempt
-        Hd = H.clone()
+        Hd = H if own else H.clone()
         Hd.diagonal().add_(d * mean_diag)
-        U = _lapack_in_place(Hd) if in_place else _torch_steps(Hd)
+        U = _lapack_in_place(Hd, clean=not own) if in_place else _torch_steps(Hd)
         del Hd
         if U is not None and all_finite(U):
+            if own:
+                _zero_below_diagonal(U)
             if attempt:
                 log.warning("gptq: H not positive definite; damping raised to %g", d)
             return U, d
         del U
+        if own:  # LAPACK wrote only H's upper triangle: rebuild it for the next attempt
+            _restore_upper(H, diag)
     raise ValueError(f"Hessian is not positive definite even with damping {d:g}")
 
 
@@ -124,23 +128,6 @@ def consumes(H: torch.Tensor) -> bool:
         and H.is_contiguous()
         and H.shape[0] >= IN_PLACE_MIN
     )
-
-
-def _consume(H: torch.Tensor, damp: float, mean_diag: float) -> tuple[torch.Tensor, float]:
-    """H becomes the factor in its own memory. The LAPACK steps only write H's upper triangle
-    (C order) until the last one succeeds, so after a failure H is rebuilt from its untouched
-    strict lower triangle and the saved diagonal, and tried again with more damping."""
-    diag = torch.diagonal(H).clone()
-    for attempt in range(5):
-        d = damp * 10**attempt
-        torch.diagonal(H).add_(d * mean_diag)
-        if _lapack_in_place(H, clean=False) is not None and all_finite(H):
-            _zero_below_diagonal(H)
-            if attempt:
-                log.warning("gptq: H not positive definite; damping raised to %g", d)
-            return H, d
-        _restore_upper(H, diag)
-    raise ValueError(f"Hessian is not positive definite even with damping {d:g}")
 
 
 def _restore_upper(H: torch.Tensor, diag: torch.Tensor, rows: int = 1024) -> None:
