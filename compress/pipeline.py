@@ -139,6 +139,19 @@ def check_resumable(run_dir: Path, recipe: Recipe) -> dict:
 
 
 def _run(st: RunState) -> Report:
+    from compress.stream.heap import large_frees_returned
+
+    # a streamed run's peak is set by freed memory the heap keeps (see stream/heap.py)
+    with large_frees_returned() if st.streamed else contextlib.nullcontext() as heap:
+        if st.streamed:
+            st.run["memory"]["large_frees_returned"] = bool(heap)
+        _steps(st)
+    report = verdict.judge(st)
+    verdict.write(st, report)
+    return report
+
+
+def _steps(st: RunState) -> None:
     from compress.profile import nodelock
 
     for step in STEPS:
@@ -152,6 +165,3 @@ def _run(st: RunState) -> Report:
             st.run["memory"].setdefault("peak_rss_after_step_bytes", {})[step.__name__] = (
                 peak_rss_bytes()
             )
-    report = verdict.judge(st)
-    verdict.write(st, report)
-    return report

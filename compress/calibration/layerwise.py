@@ -31,7 +31,7 @@ from compress.calibration.calibrate import (
     sequential,
 )
 from compress.errors import BadInput, StageFailed
-from compress.stream.model import trim_heap
+from compress.stream.heap import trim_heap
 
 log = logging.getLogger(__name__)
 

@@ -155,8 +155,8 @@ def _method_bytes(method: str, hidden: int, inter: int, c: int, chunk: int) -> i
 
     gptq / sparsegpt: the widest Linear's Hessian (float32) while collecting; then H and its
     inverse factor (gptq: the factor overwrites an H of IN_PLACE_MIN+ columns, one matrix)
-    with the group's weights and float32 row-chunk copies; packing goes 1024 rows at a time
-    after H is freed. awq: the Gram matrix of every input stream at once (three of the hidden
+    with the group's weights, their uint8 codes, float32 row-chunk copies and the layer's
+    groups packed so far; packing goes 1024 rows at a time after H is freed. awq: the Gram matrix of every input stream at once (three of the hidden
     width, one of the MLP width) and the searched group's weights with fake-quantized copies.
     wanda / smoothquant: per-channel statistics only, and the group's weights quantized."""
     from compress.numerics.gptq import ROW_CHUNK
@@ -170,9 +170,12 @@ def _method_bytes(method: str, hidden: int, inter: int, c: int, chunk: int) -> i
             return n * n * 4 * (1 if method == "gptq" and n >= IN_PLACE_MIN else 2)
 
         collect = max(hidden, inter) ** 2 * 4 + chunk
-        solve = max(
-            factored(inter) + inter * hidden * c + temps,
-            factored(hidden) + group * c + temps,
+        # the group's uint8 codes, and the layer's earlier groups already packed (int4 at most
+        # a byte per two weights; attention counted as four square matrices)
+        packed = (4 * hidden**2 + 3 * inter * hidden) // 2
+        solve = packed + max(
+            factored(inter) + inter * hidden * (c + 1) + temps,
+            factored(hidden) + group * (c + 1) + temps,
         )
         return max(collect, solve)
     if method == "awq":

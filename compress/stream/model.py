@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from compress.stream.files import TensorFiles
+from compress.stream.heap import trim_heap
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +62,6 @@ def _name_of(model: nn.Module, module: nn.Module | None) -> str | None:
     if module is None:
         return None
     return next((n for n, m in model.named_modules() if m is module), None)
-
-
-def trim_heap() -> None:
-    """Hand freed heap memory back to the OS (glibc keeps freed blocks under its mmap
-    threshold, up to 32 MB each, in the process), so a streamed run's RSS falls back after
-    each block instead of ratcheting up. No-op off glibc."""
-    import contextlib
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def skeleton(folder: str | Path, dtype: torch.dtype) -> nn.Module:

@@ -12,6 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from compress.cli import app
+from compress.stream import heap
 
 runner = CliRunner()
 
@@ -80,6 +81,7 @@ def test_streamed_run_scores_what_the_in_memory_run_scores(
     assert metric(a, "variant", "kld.mean") == metric(b, "variant", "kld.mean")
     mem_block = b["run"]["memory"]
     assert mem_block["mode"] == "stream" and mem_block["peak_rss_bytes"] > 0
+    assert mem_block["large_frees_returned"] is (heap._libc() is not None)
     after = mem_block["peak_rss_after_step_bytes"]  # which step set the peak
     assert list(after)[:3] == ["load", "compress", "evaluate"]
     assert 0 < max(after.values()) <= mem_block["peak_rss_bytes"]
