@@ -105,11 +105,13 @@ def test_saved_model_reloads_as_a_model_spec(good_run):
     assert any(getattr(m, "kind", None) == "int4_linear" for m in handle.model.modules())
 
 
-def test_second_run_never_overwrites(good_run, tiny_data_dir):
+def test_second_run_never_overwrites(good_run, tiny_model_dir, tiny_data_dir):
     first = (good_run["run"] / "report.json").read_bytes()
+    # the same recipe name into the same folder; untimed (the folders are the subject here)
+    untimed = tiny_recipe(tiny_model_dir, profile={"enabled": False})
     res = run(
         "apply",
-        good_run["recipe"],
+        write(good_run["root"] / "tiny-untimed.yaml", untimed),
         "--out",
         good_run["out"],
         "--quick",
@@ -537,7 +539,8 @@ def test_shipped_recipes_validate():
 
 def test_pruning_recipe_composes_and_reports_what_it_saved(tmp_path, tiny_model_dir, tiny_data_dir):
     """sparsegpt then gptq (zeros kept) through `compress apply`: the report carries the
-    sparsity, says pruning alone saves nothing here, and the int4 storage really shrinks."""
+    sparsity, says pruning alone saves nothing here, and the int4 storage really shrinks.
+    Untimed: what each stage stores is the subject (tests/profile covers timing)."""
     calib = {"dataset": str(tiny_data_dir / "wikitext-2-raw" / "wiki.test.raw"), "samples": 4}
     recipe = tiny_recipe(
         tiny_model_dir,
@@ -548,6 +551,7 @@ def test_pruning_recipe_composes_and_reports_what_it_saved(tmp_path, tiny_model_
         ],
         calibration={**calib, "seq_len": 32},
         gates=[{"metric": "weights.bytes", "max_ratio": 0.5}],
+        profile={"enabled": False},
     )
     out = tmp_path / "reports"
     args = ("--out", out, "--quick", "--data-dir", tiny_data_dir, "--no-progress")
@@ -610,9 +614,10 @@ def test_resume_continues_an_interrupted_run_in_its_folder(
     def interrupt(handle, cfg, calib):
         raise KeyboardInterrupt
 
+    untimed = {"enabled": False}  # resuming is the subject: the run's stages, not its timing
     with monkeypatch.context() as m:
         _second_rtn_call(m, interrupt)
-        res, run_dir = _apply_tiny(tmp_path, tiny_model_dir, tiny_data_dir)
+        res, run_dir = _apply_tiny(tmp_path, tiny_model_dir, tiny_data_dir, profile=untimed)
     assert res.exit_code == 130 and (run_dir / "failure.json").exists()
     recipe = tmp_path / "r.yaml"
     other = write(tmp_path / "other.yaml", tiny_recipe(tiny_model_dir, seed=7))
