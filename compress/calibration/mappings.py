@@ -270,11 +270,11 @@ def plan(model: nn.Module, chosen: dict[str, nn.Module], *, stage: str) -> Plan:
     notes = [f"architecture family '{family.name}'", *family.notes]
     notes += [f"{s} (layers {_ranges(ix)})" for s, ix in skipped.items()]
     outside = [n for n in chosen if n not in inside]
-    _refuse_streamed_outside(model, outside, stage)
+    refuse_streamed_outside(model, outside, stage)
     return Plan(family, prefix, groups, targets, outside, notes)
 
 
-def _refuse_streamed_outside(model: nn.Module, outside: list[str], stage: str) -> None:
+def refuse_streamed_outside(model: nn.Module, outside: list[str], stage: str) -> None:
     from compress.stream.model import of
 
     if outside and of(model) is not None:

@@ -22,9 +22,9 @@ from typing import Any, Literal
 
 from compress.errors import BadInput
 
-#: methods whose stage walks the decoder through the shared calibration loop and nothing
-#: else, so a layer-by-layer model works with them unchanged
-STREAMABLE = ("gptq", "awq", "smoothquant", "wanda", "sparsegpt")
+#: methods that run on a model streamed from disk: those whose stage walks the decoder
+#: through the shared calibration loop and nothing else, and rtn (one layer at a time)
+STREAMABLE = ("gptq", "awq", "smoothquant", "wanda", "sparsegpt", "rtn")
 _UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
           "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}  # fmt: skip
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]I?)?B?\s*$", re.IGNORECASE)
@@ -156,8 +156,9 @@ def _method_bytes(method: str, hidden: int, inter: int, c: int, chunk: int) -> i
     gptq / sparsegpt: the widest Linear's Hessian (float32) while collecting; then H and its
     inverse factor (gptq: the factor overwrites an H of IN_PLACE_MIN+ columns, one matrix)
     with the group's weights, their uint8 codes, float32 row-chunk copies and the layer's
-    groups packed so far; packing goes 1024 rows at a time after H is freed. awq: the Gram matrix of every input stream at once (three of the hidden
-    width, one of the MLP width) and the searched group's weights with fake-quantized copies.
+    groups packed so far; packing goes 1024 rows at a time after H is freed. awq: the Gram
+    matrix of every input stream at once (three of the hidden width, one of the MLP width)
+    and the searched group's weights with fake-quantized copies.
     wanda / smoothquant: per-channel statistics only, and the group's weights quantized."""
     from compress.numerics.gptq import ROW_CHUNK
     from compress.numerics.hessian import IN_PLACE_MIN

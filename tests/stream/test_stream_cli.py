@@ -25,6 +25,7 @@ STAGES = {
     "gptq": {"method": "gptq", "bits": 4, "group_size": 32},
     "awq": {"method": "awq", "group_size": 32},
     "wanda": {"method": "wanda", "sparsity": 0.5},
+    "rtn": {"method": "rtn", "bits": 4, "group_size": 32, "symmetric": False},
 }
 
 
