@@ -147,6 +147,11 @@ def calibrated(
     return chosen, per_layer, counted
 
 
+def count(lin: nn.Linear, cfg: PruneBase) -> dict[str, Any]:
+    """One Linear's zeros and pattern as `record` reports them."""
+    return _count(lin, _candidates(cfg))
+
+
 def _candidates(cfg: PruneBase) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*([cfg.mask_structure] if cfg.nm else []), "2:4", "4:8"]))
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -46,31 +45,6 @@ def _tied_embedding(model, lm_head):
     return None
 
 
-def _layer_by_layer(model, chosen: dict) -> Iterator[tuple[str, Any]]:
-    """(name, Linear) in `chosen`'s order; for a model streamed from disk (compress.stream),
-    decoder layer by decoder layer: each layer is loaded before its Linears are yielded and
-    written to its scratch shard once the loop body has quantized and swapped them in.
-    Targets outside the decoder layers are refused before any layer changes."""
-    from compress.stream.model import of
-
-    stream = of(model)
-    if stream is None:
-        yield from chosen.items()
-        return
-    from compress.calibration.calibrate import decoder_layers
-    from compress.calibration.layerwise import by_decoder_layer
-    from compress.calibration.mappings import refuse_streamed_outside
-
-    prefix, _ = decoder_layers(model)
-    refuse_streamed_outside(model, [n for n in chosen if not n.startswith(prefix + ".")], "rtn")
-    for i, inside in sorted(by_decoder_layer(model, chosen, "rtn").items()):
-        name = f"{prefix}.{i}"
-        layer = stream.hold(name)
-        for sub in inside:
-            yield f"{name}.{sub}", layer.get_submodule(sub)
-        stream.commit(name)
-
-
 @register(RTNConfig)
 def apply(ctx: StageContext, cfg: RTNConfig) -> StageRecord:
     handle = ctx.model
@@ -85,6 +59,7 @@ def apply(ctx: StageContext, cfg: RTNConfig) -> StageRecord:
         Int8Linear,
         weight_only_kernel,
     )
+    from compress.stream.walk import linears_layer_by_layer
     from compress.targets import cast_float_parts, select_linears, set_module
 
     t0 = time.perf_counter()
@@ -96,7 +71,7 @@ def apply(ctx: StageContext, cfg: RTNConfig) -> StageRecord:
     lm_head = getattr(model, "get_output_embeddings", lambda: None)()
     notes: list[str] = []
     n_params = 0
-    walk = _layer_by_layer(model, chosen)
+    walk = linears_layer_by_layer(model, chosen, "rtn")  # one layer at a time when streamed
     for name, lin in tqdm(walk, total=len(chosen), desc=f"rtn int{cfg.bits}", unit="layer",
                           leave=False):  # fmt: skip
         qt = quantize(lin.weight, cfg.bits, cfg.group_size, cfg.symmetric)

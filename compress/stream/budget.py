@@ -23,8 +23,8 @@ from typing import Any, Literal
 from compress.errors import BadInput
 
 #: methods that run on a model streamed from disk: those whose stage walks the decoder
-#: through the shared calibration loop and nothing else, and rtn (one layer at a time)
-STREAMABLE = ("gptq", "awq", "smoothquant", "wanda", "sparsegpt", "rtn")
+#: through the shared calibration loop and nothing else, and rtn and magnitude (stream.walk)
+STREAMABLE = ("gptq", "awq", "smoothquant", "wanda", "sparsegpt", "rtn", "magnitude")
 _UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
           "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}  # fmt: skip
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]I?)?B?\s*$", re.IGNORECASE)

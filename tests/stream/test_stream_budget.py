@@ -80,7 +80,7 @@ def test_forced_stream(tiny_model_dir, source, fixed_rss):
 @pytest.mark.parametrize(
     ("over", "field"),
     [
-        ({"stages": [{"method": "magnitude", "sparsity": 0.5}]}, "stages.0"),
+        ({"stages": [{"method": "dynamic_int8"}]}, "stages.0"),
         ({"eval": {"wikitext2": {"seq_len": 64}, "tasks": ["arc_easy"]}}, "eval.tasks"),
         ({"export": ["compressed-tensors"]}, "export"),
         ({"profile": {}, "gates": [{"metric": "decode.tokens_per_s", "min_ratio": 1.1}]},

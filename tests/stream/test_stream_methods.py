@@ -1,7 +1,7 @@
-"""Every calibrated method of the shared layer-by-layer loop, and rtn, runs on a model streamed
-from disk and writes bit-identical weights to the in-memory run, one layer held at a time; its
-stage record (sparsity counted per layer, scale search) is the same; what it cannot stream
-(targets outside the decoder layers) is refused before any layer changes."""
+"""Every calibrated method of the shared layer-by-layer loop, rtn and magnitude run on a model
+streamed from disk and write bit-identical weights to the in-memory run, one layer held at a
+time; the stage record (sparsity counted per layer, scale search) is the same; what cannot
+stream (targets outside the decoder layers) is refused before any layer changes."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from compress.errors import BadInput
 from compress.handle import ModelHandle, ModelSource
 from compress.methods import METHODS, StageContext
 from compress.methods.awq import AWQConfig
+from compress.methods.magnitude import MagnitudeConfig
 from compress.methods.rtn import RTNConfig
 from compress.methods.smoothquant import SmoothQuantConfig
 from compress.methods.sparsegpt import SparseGPTConfig
@@ -28,6 +29,8 @@ CONFIGS = {
     "sparsegpt-2:4": SparseGPTConfig(sparsity=0.5, mask_structure="2:4"),
     "rtn-int4": RTNConfig(bits=4, group_size=32, symmetric=False),
     "rtn-int8": RTNConfig(bits=8),
+    "magnitude": MagnitudeConfig(sparsity=0.5),
+    "magnitude-2:4": MagnitudeConfig(mask_structure="2:4"),
 }
 
 
@@ -86,7 +89,7 @@ def test_pruning_counts_zeros_of_the_streamed_layers(base_dir, tmp_path):
     assert all(p["zeros"] > 0 for p in rec["per_layer"].values())
 
 
-@pytest.mark.parametrize("which", ["awq", "smoothquant", "rtn-int8"])
+@pytest.mark.parametrize("which", ["awq", "smoothquant", "rtn-int8", "magnitude"])
 def test_targets_outside_the_layers_are_refused_before_anything_changes(which, base_dir, tmp_path):
     cfg = CONFIGS[which].model_copy(update={"ignore": []})  # lm_head targeted too
     sm = StreamedModel.open(base_dir).variant(tmp_path / "scratch")
