@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -23,6 +24,13 @@ from compress.evaluate.process import FUNCTIONS, process
 from compress.evaluate.taskspec import TaskSpec, function_name
 
 _ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
+
+
+@functools.lru_cache(maxsize=256)
+def _template(source: str) -> Any:
+    """A task's template compiled once, not once per document (compiling dominated loading:
+    hellaswag's 10042 documents took 19 s)."""
+    return _ENV.from_string(source)
 
 
 @dataclass(frozen=True)
@@ -132,7 +140,7 @@ def render(template: str | int | float | list, doc: dict, what: str) -> Any:
     except KeyError:
         pass
     try:
-        out = _ENV.from_string(template).render(**doc)
+        out = _template(template).render(**doc)
     except UndefinedError as e:
         fields = ", ".join(sorted(doc))
         raise BadInput(
