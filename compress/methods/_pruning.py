@@ -125,13 +125,12 @@ def calibrated(
     require_calibration(calibration, stage, why)
     chosen = prunable(handle, cfg, stage)
     counted: dict[str, dict[str, Any]] = {}
-    candidates = _candidates(cfg)
 
-    def count(lctx) -> None:
+    def count_layer(lctx) -> None:
         head = lctx.name + "."
         for name in chosen:
             if name.startswith(head):
-                counted[name] = _count(lctx.layer.get_submodule(name[len(head) :]), candidates)
+                counted[name] = count(lctx.layer.get_submodule(name[len(head) :]), cfg)
 
     per_layer = layerwise.run(
         handle.model,
@@ -142,7 +141,7 @@ def calibrated(
         true_sequential=cfg.true_sequential,
         batch_size=cfg.batch_size,
         desc=f"{stage} {cfg.describe()}",
-        after_layer=count,
+        after_layer=count_layer,
     )
     return chosen, per_layer, counted
 

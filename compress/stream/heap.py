@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 from collections.abc import Iterator
 
@@ -28,7 +29,9 @@ DEFAULT_MMAP_THRESHOLD_MAX = 32 << 20
 DEFAULT_TRIM_THRESHOLD = 128 << 10
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
+    """glibc, loaded once (trim_heap runs after every streamed block and group)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         return libc if hasattr(libc, "mallopt") else None
