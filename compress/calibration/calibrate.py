@@ -254,11 +254,13 @@ def sequential(
     progress: bool = True,
     desc: str = "calibrate",
     after_layer: Callable[[LayerContext], None] | None = None,
+    writes: bool = True,
 ) -> list[dict]:
     """Walk the decoder layer by layer (see module docstring). Returns on_layer's records.
     `after_layer(ctx)` runs once the layer's outputs are computed (e.g. to swap in packed
     modules). A model streamed from disk (compress.stream) has each layer loaded before
-    on_layer and written to its scratch shard (or emptied) after after_layer."""
+    on_layer and written to its scratch shard after after_layer, or only emptied when the
+    walk does not write (`writes=False`: it scores and changes nothing)."""
     from compress.progress import tqdm
     from compress.stream import model as streamed
 
@@ -288,7 +290,8 @@ def sequential(
         if after_layer is not None:
             after_layer(ctx)
         if stream is not None:
-            stream.commit(name) if stream.scratch is not None else stream.release(name)
+            keep = writes and stream.scratch is not None
+            stream.commit(name) if keep else stream.release(name)
         bar.set_postfix_str(f"{time.perf_counter() - t0:.0f}s, peak {_peak_mem(dev)}")
     model.train(was_training)
     log.info("%s: %d layers in %.1f s", desc, len(layers), time.perf_counter() - t0)

@@ -8,6 +8,11 @@ saved folder, and quantization stages compose after it. Widths are uniform acros
 (one config for every layer). Scores are measured on the unpruned model in one calibration
 walk; every layer's score, what was removed and the shapes before and after go into the
 record. Distillation (`distill`) is what recovers the quality pruning costs.
+
+On a model streamed from disk (`--max-memory`, compress.stream) the scores come from the same
+walk (layers only read), each layer is then loaded, sliced and written in turn, and dropping
+layers renumbers the streamed blocks (a kept layer is read from where it was): the weights
+are the same as in memory, one layer held at a time.
 """
 
 from __future__ import annotations
@@ -178,7 +183,12 @@ def _score(handle, cfg: StructuredConfig, calib, plan: dict[str, Any], shape: di
 
     with torch.no_grad():
         return sequential(
-            handle.model, calib, on_layer, batch_size=cfg.batch_size, desc="structured scores"
+            handle.model,
+            calib,
+            on_layer,
+            batch_size=cfg.batch_size,
+            desc="structured scores",
+            writes=False,  # scoring changes nothing: a streamed layer is only emptied
         )
 
 
@@ -203,44 +213,64 @@ def _set(layer: nn.Module, name: str, module: nn.Module) -> None:
     setattr(layer.get_submodule(parent), attr, module)
 
 
-def _prune_mlp(layers, records: list[dict], remove: int) -> list[int]:
+def _prune_mlp(layer: nn.Module, rec: dict, remove: int) -> None:
+    """Keep the MLP channels with the highest scores (gate/up rows, down columns)."""
     from compress.numerics.structured import column_scores, keep_top
 
-    kept_sizes = []
-    for layer, rec in zip(layers, records, strict=True):
-        gate, up, down = _parts(layer, MLP, "MLP width")
-        keep = keep_top(column_scores(rec["mlp"], down.weight.data), down.in_features - remove)
-        _set(layer, MLP[0], _slice(gate, rows=keep))
-        _set(layer, MLP[1], _slice(up, rows=keep))
-        _set(layer, MLP[2], _slice(down, cols=keep))
-        kept_sizes.append(len(keep))
-    return kept_sizes
+    gate, up, down = _parts(layer, MLP, "MLP width")
+    keep = keep_top(column_scores(rec["mlp"], down.weight.data), down.in_features - remove)
+    _set(layer, MLP[0], _slice(gate, rows=keep))
+    _set(layer, MLP[1], _slice(up, rows=keep))
+    _set(layer, MLP[2], _slice(down, cols=keep))
 
 
-def _prune_heads(layers, records: list[dict], remove: int, shape: dict) -> list[list[int]]:
+def _prune_heads(layer: nn.Module, rec: dict, remove: int, shape: dict) -> list[int]:
+    """Keep the KV groups with the highest scores, each with its query heads; returns them."""
     from compress.numerics.structured import group_scores, keep_top
 
     d, groups = shape["head_dim"], shape["num_key_value_heads"]
     per_group = shape["num_attention_heads"] // groups
-    kept_groups = []
-    for layer, rec in zip(layers, records, strict=True):
-        q, k, v, o = _parts(layer, ATTN, "attention head")
-        keep = keep_top(group_scores(rec["attn"], o.weight.data, d, groups), groups - remove)
-        q_cols = [g * per_group * d + j for g in keep for j in range(per_group * d)]
-        kv_rows = [g * d + j for g in keep for j in range(d)]
-        _set(layer, ATTN[0], _slice(q, rows=q_cols))
-        _set(layer, ATTN[1], _slice(k, rows=kv_rows))
-        _set(layer, ATTN[2], _slice(v, rows=kv_rows))
-        _set(layer, ATTN[3], _slice(o, cols=q_cols))
-        kept_groups.append(keep)
-    return kept_groups
+    q, k, v, o = _parts(layer, ATTN, "attention head")
+    keep = keep_top(group_scores(rec["attn"], o.weight.data, d, groups), groups - remove)
+    q_cols = [g * per_group * d + j for g in keep for j in range(per_group * d)]
+    kv_rows = [g * d + j for g in keep for j in range(d)]
+    _set(layer, ATTN[0], _slice(q, rows=q_cols))
+    _set(layer, ATTN[1], _slice(k, rows=kv_rows))
+    _set(layer, ATTN[2], _slice(v, rows=kv_rows))
+    _set(layer, ATTN[3], _slice(o, cols=q_cols))
+    return keep
+
+
+def _prune_width(model: nn.Module, records: list[dict], plan: dict, before: dict) -> dict:
+    """Slice every layer's MLP and attention (one layer held at a time when streamed) and
+    update the config; returns the record's details."""
+    from compress.stream.walk import layers_one_by_one
+
+    kept: list[list[int]] = []
+    for layer, rec in zip(layers_one_by_one(model), records, strict=True):
+        if "mlp_remove" in plan:
+            _prune_mlp(layer, rec, plan["mlp_remove"])
+        if "groups_remove" in plan:
+            kept.append(_prune_heads(layer, rec, plan["groups_remove"], before))
+    cfg = model.config
+    if "mlp_remove" in plan:
+        cfg.intermediate_size = before["intermediate_size"] - plan["mlp_remove"]
+    if not kept:
+        return {}
+    per_group = before["num_attention_heads"] // before["num_key_value_heads"]
+    cfg.num_key_value_heads = len(kept[0])
+    cfg.num_attention_heads = len(kept[0]) * per_group
+    cfg.head_dim = before["head_dim"]
+    return {"kept_kv_groups": kept}
 
 
 def _drop_layers(model: nn.Module, drop: list[int]) -> list[int]:
-    """Remove decoder layers `drop`; renumber the rest (KV-cache slots) and the config."""
+    """Remove decoder layers `drop`; renumber the rest (KV-cache slots, the config, and for a
+    model streamed from disk its blocks, read from where they were)."""
     from torch import nn
 
     from compress.calibration.calibrate import decoder_layers
+    from compress.stream.model import of
 
     prefix, layers = decoder_layers(model)
     kept = [i for i in range(len(layers)) if i not in set(drop)]
@@ -254,12 +284,14 @@ def _drop_layers(model: nn.Module, drop: list[int]) -> list[int]:
     cfg.num_hidden_layers = len(kept)
     if getattr(cfg, "layer_types", None):
         cfg.layer_types = [t for i, t in enumerate(cfg.layer_types) if i in kept]
+    if of(model) is not None:
+        of(model).renumber(kept)
     return kept
 
 
 @register(StructuredConfig)
 def apply(ctx: StageContext, cfg: StructuredConfig) -> StageRecord:
-    from compress.calibration.calibrate import decoder_layers, require_calibration
+    from compress.calibration.calibrate import require_calibration
     from compress.numerics.structured import layers_to_drop
 
     t0 = time.perf_counter()
@@ -273,17 +305,7 @@ def apply(ctx: StageContext, cfg: StructuredConfig) -> StageRecord:
     scores = [float(r["angular"]) for r in records]
     details: dict[str, Any] = {"shape_before": before, "layer_scores": scores}
     if "mlp_remove" in plan or "groups_remove" in plan:
-        _, layers = decoder_layers(model)
-        if "mlp_remove" in plan:
-            _prune_mlp(layers, records, plan["mlp_remove"])
-            model.config.intermediate_size = before["intermediate_size"] - plan["mlp_remove"]
-        if "groups_remove" in plan:
-            kept = _prune_heads(layers, records, plan["groups_remove"], before)
-            per_group = before["num_attention_heads"] // before["num_key_value_heads"]
-            model.config.num_key_value_heads = len(kept[0])
-            model.config.num_attention_heads = len(kept[0]) * per_group
-            model.config.head_dim = before["head_dim"]
-            details["kept_kv_groups"] = kept
+        details.update(_prune_width(model, records, plan, before))
     drop = plan.get("drop") or (
         layers_to_drop(scores, plan["n_drop"], plan["protect"]) if "n_drop" in plan else []
     )

@@ -23,8 +23,10 @@ from typing import Any, Literal
 from compress.errors import BadInput
 
 #: methods that run on a model streamed from disk: those whose stage walks the decoder
-#: through the shared calibration loop and nothing else, and rtn and magnitude (stream.walk)
-STREAMABLE = ("gptq", "awq", "smoothquant", "wanda", "sparsegpt", "rtn", "magnitude")
+#: through the shared calibration loop and nothing else, rtn and magnitude (stream.walk), and
+#: structured (scores in the loop, then slices layer by layer and renumbers the streamed blocks)
+STREAMABLE = ("gptq", "awq", "smoothquant", "wanda", "sparsegpt", "rtn", "magnitude",
+              "structured")  # fmt: skip
 _UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
           "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}  # fmt: skip
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]I?)?B?\s*$", re.IGNORECASE)
@@ -159,7 +161,8 @@ def _method_bytes(method: str, hidden: int, inter: int, c: int, chunk: int) -> i
     groups packed so far; packing goes 1024 rows at a time after H is freed. awq: the Gram
     matrix of every input stream at once (three of the hidden width, one of the MLP width)
     and the searched group's weights with fake-quantized copies.
-    wanda / smoothquant: per-channel statistics only, and the group's weights quantized."""
+    wanda / smoothquant / structured: per-channel statistics only, and the group's weights
+    quantized (structured: sliced copies of gate and up)."""
     from compress.numerics.gptq import ROW_CHUNK
     from compress.numerics.hessian import IN_PLACE_MIN
 

@@ -9,6 +9,8 @@
     hold/commit  the calibration loop keeps one layer filled while a method rewrites it
                  (`hold`), then `commit` writes the rewritten layer (quantized modules in their
                  portable form) to a scratch shard and empties it; later loads read that shard
+    renumber     after depth pruning cut the decoder's layer list, a kept layer is read from
+                 its files under the name it had there (`Source.prefix`)
 
 Blocks are filled in place (the module objects never change), so names, hooks and tied
 weights stay as the model defines them; a tensor is loaded in the dtype its meta parameter has,
@@ -19,6 +21,7 @@ so `cast_float_parts` on the skeleton decides the dtype blocks arrive in, as it 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -42,6 +45,7 @@ class Source:
 
     files: TensorFiles
     specs: dict[str, dict] = field(default_factory=dict)  # sub-module -> spec (with "dtype")
+    prefix: str | None = None  # the block's name in its files, when it differs (renumbered)
     _blocks: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
     def under(self, block: str, sub: str) -> list[str]:
@@ -98,11 +102,18 @@ class StreamedModel:
         self.transient: set[str] = set()
         self.scratch: Path | None = None
         self.peak_blocks = 0  # most blocks filled at once (tests check it stays 1-2)
+        self.commits = 0  # layers written to scratch so far (each to its own folder)
+        self._hooks: dict[str, list] = {}
         setattr(model, ATTR, self)
         for name in sources:
-            mod = model.get_submodule(name)
-            mod.register_forward_pre_hook(self._pre_hook(name))
-            mod.register_forward_hook(self._post_hook(name), always_call=True)
+            self._hook(name)
+
+    def _hook(self, name: str) -> None:
+        mod = self.model.get_submodule(name)
+        self._hooks[name] = [
+            mod.register_forward_pre_hook(self._pre_hook(name)),
+            mod.register_forward_hook(self._post_hook(name), always_call=True),
+        ]
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -231,26 +242,32 @@ class StreamedModel:
                 for n, t in table.items():
                     if _is_meta(t) and n not in skip:
                         slots.append((owner, kind, n, t, f"{full_owner}.{n}"))
-        keys = [self.aliases.get(s[4], s[4]) for s in slots]
-        keys += [f"{name}.{sub}.{k}" for sub in quant for k in src.under(name, sub)]
-        dtypes = {self.aliases.get(s[4], s[4]): s[3].dtype for s in slots}
-        tensors = src.files.read(keys, dtypes)
+        stored = src.prefix or name
+
+        def key(full: str) -> str:  # a tensor's name in the files
+            k = self.aliases.get(full, full)
+            return stored + k[len(name) :] if k.startswith(name + ".") else k
+
+        keys = [key(s[4]) for s in slots]
+        keys += [f"{stored}.{sub}.{k}" for sub in quant for k in src.under(stored, sub)]
+        tensors = src.files.read(keys, {key(s[4]): s[3].dtype for s in slots})
         held = []
         for owner, kind, n, t, full in slots:
-            real = tensors.pop(self.aliases.get(full, full))
+            real = tensors.pop(key(full))
             table = owner._parameters if kind == "p" else owner._buffers
             table[n] = nn.Parameter(real, requires_grad=False) if kind == "p" else real
             held.append((owner, kind, n, t))
         for sub, q in quant.items():
             q.to_empty(device="cpu")
-            prefix = f"{name}.{sub}."
+            prefix = f"{stored}.{sub}."
             q.load_export({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
         self.resident[name] = held
         self.peak_blocks = max(self.peak_blocks, len(self.resident))
         return block
 
     def release(self, name: str) -> None:
-        """Empty block `name`: its original meta tensors back, anything new moved to meta."""
+        """Empty block `name`: its original meta tensors back, anything new moved to meta
+        (quantized modules, and plain modules a method swapped in, e.g. sliced Linears)."""
         held = self.resident.pop(name, None)
         self.transient.discard(name)
         if held is None:
@@ -260,6 +277,10 @@ class StreamedModel:
         for m in self.model.get_submodule(name).modules():
             if getattr(m, "kind", None):  # quantized modules (loaded, or swapped in by a method)
                 m.to("meta")
+                continue
+            for n, p in m._parameters.items():
+                if p is not None and not _is_meta(p):
+                    m._parameters[n] = nn.Parameter(p.to("meta"), requires_grad=False)
         trim_heap()
 
     def hold(self, name: str) -> nn.Module:
@@ -299,22 +320,62 @@ class StreamedModel:
         return block_export(self.model.get_submodule(name), name)
 
     def commit(self, name: str) -> None:
-        """Write held block `name` (as rewritten) to the scratch folder, then empty it."""
+        """Write held block `name` (as rewritten) to a new folder under scratch, then empty
+        it; the folder it was read from before is removed when it was scratch and unused."""
         from safetensors.torch import save_file
 
         if self.scratch is None:
             raise RuntimeError("commit needs a variant (a scratch folder to write to)")
         tensors, specs = self.block_tensors(name)
-        self.scratch.mkdir(parents=True, exist_ok=True)
-        shard = self.scratch / f"{name}.safetensors"
-        tmp = shard.with_suffix(".tmp")
+        self.commits += 1
+        folder = self.scratch / f"{name}.{self.commits}"  # one folder, one file per block
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / "model.safetensors.tmp"
         save_file(tensors, str(tmp), metadata={"format": "pt"})
-        tmp.replace(shard)
-        folder = self.scratch / name  # one folder per block, so TensorFiles sees one file
-        folder.mkdir(exist_ok=True)
-        shard.replace(folder / "model.safetensors")
+        tmp.replace(folder / "model.safetensors")
+        old = self.sources[name].files.folder
         self.sources[name] = Source(TensorFiles(folder), specs)
         self.release(name)
+        self._forget(old)
+
+    def _forget(self, folder: Path) -> None:
+        """Remove a scratch folder no block reads any more."""
+        import shutil
+
+        if self.scratch is None or folder.parent != self.scratch:
+            return
+        if not any(s.files.folder == folder for s in self.sources.values()):
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def renumber(self, kept: list[int]) -> None:
+        """The decoder's layer list was cut to the old layers `kept` (new layer j is old layer
+        kept[j], same module): blocks renamed to match, each still read from its files under
+        its old name; dropped layers' blocks forgotten (their scratch folders removed)."""
+        from compress.calibration.calibrate import decoder_layers
+
+        if self.resident:
+            raise RuntimeError(f"renumber with blocks filled: {sorted(self.resident)}")
+        old_names = self.layer_names
+        _, layers = decoder_layers(self.model)
+        if len(layers) != len(kept):
+            raise ValueError(f"{len(layers)} layers in the model, {len(kept)} kept")
+        for n in old_names:
+            for h in self._hooks.pop(n):
+                h.remove()
+        order = list(self.sources)
+        first = order.index(old_names[0])
+        rest = [b for b in order[first:] if b not in old_names]
+        old = self.sources
+        self.layer_names = [f"{self.prefix}.{j}" for j in range(len(kept))]
+        self.sources = {b: old[b] for b in order[:first]}
+        for new, i in zip(self.layer_names, kept, strict=True):
+            src = old[old_names[i]]
+            self.sources[new] = dataclasses.replace(src, prefix=src.prefix or old_names[i])
+        self.sources.update({b: old[b] for b in rest})
+        for n in self.layer_names:
+            self._hook(n)
+        for i in sorted(set(range(len(old_names))) - set(kept)):
+            self._forget(old[old_names[i]].files.folder)
 
     def _tied(self) -> dict[str, str]:
         """{alias: kept name} for parameters shared between names (as save_compressed)."""

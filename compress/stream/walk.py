@@ -1,5 +1,5 @@
-"""Methods that rewrite Linears one at a time without calibration (rtn, magnitude), on a model
-that may be streamed from disk."""
+"""Methods that rewrite Linears one at a time without calibration (rtn, magnitude), or every
+decoder layer after scoring (structured), on a model that may be streamed from disk."""
 
 from __future__ import annotations
 
@@ -33,4 +33,23 @@ def linears_layer_by_layer(
         layer = stream.hold(name)
         for sub in inside:
             yield f"{name}.{sub}", layer.get_submodule(sub)
+        stream.commit(name)
+
+
+def layers_one_by_one(model: Any) -> Iterator[Any]:
+    """Every decoder layer in order, for the caller to rewrite (swap in new modules, change
+    weights). For a model streamed from disk: each layer loaded before it is yielded and
+    written to its scratch shard when the caller asks for the next, so one is held at a time.
+    The caller must exhaust the iterator (the last layer is committed at the end)."""
+    from compress.calibration.calibrate import decoder_layers
+    from compress.stream.model import of
+
+    prefix, layers = decoder_layers(model)
+    stream = of(model)
+    if stream is None:
+        yield from layers
+        return
+    for i in range(len(layers)):
+        name = f"{prefix}.{i}"
+        yield stream.hold(name)
         stream.commit(name)

@@ -68,3 +68,41 @@ def test_gemma3_streamed_forward_matches(gemma):
         got = sm.model(ids).logits
     assert torch.equal(want, got)
     assert not sm.resident
+
+
+def test_gemma3_layer_by_layer_structured_is_bit_identical(gemma, tmp_path):
+    """Depth (sliding and full attention layers renumbered, `layer_types` cut to match) and
+    MLP width on the real model: streamed and in-memory write the same weights and config."""
+    import json
+
+    from compress import models
+    from compress.handle import ModelHandle
+    from compress.methods import METHODS, StageContext
+    from compress.methods.structured import StructuredConfig
+    from compress.quant.serialize import read_tensors, save_compressed
+    from compress.stream.model import StreamedModel
+    from compress.stream.save import save
+
+    _, folder, cal = gemma
+    cfg = StructuredConfig(layers=0.25, mlp=0.25)
+    h = models.load("gemma3-270m", dtype="float32")
+    want = METHODS["structured"].apply(StageContext(model=h, calibration_loader=lambda: cal), cfg)
+    save_compressed(h, tmp_path / "memory")
+
+    sm = StreamedModel.open(folder).variant(tmp_path / "scratch")
+    hs = ModelHandle(model=sm.model, tokenizer=h.tokenizer, source=h.source, dtype="float32",
+                     device="cpu")  # fmt: skip
+    got = METHODS["structured"].apply(StageContext(model=hs, calibration_loader=lambda: cal), cfg)
+    assert sm.peak_blocks == 1
+    save(sm, hs, tmp_path / "streamed")
+    assert got.details["dropped_layers"] == want.details["dropped_layers"]
+    assert len(want.details["dropped_layers"]) == 4  # a quarter of 18, rounded
+    a, b = read_tensors(tmp_path / "memory"), read_tensors(tmp_path / "streamed")
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, different[:5]
+    ca, cb = (
+        json.loads((tmp_path / d / "config.json").read_text()) for d in ("memory", "streamed")
+    )
+    assert ca["layer_types"] == cb["layer_types"] and len(cb["layer_types"]) == 14
+    assert cb["intermediate_size"] == ca["intermediate_size"] < 2048

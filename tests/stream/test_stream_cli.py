@@ -26,6 +26,7 @@ STAGES = {
     "awq": {"method": "awq", "group_size": 32},
     "wanda": {"method": "wanda", "sparsity": 0.5},
     "rtn": {"method": "rtn", "bits": 4, "group_size": 32, "symmetric": False},
+    "structured": {"method": "structured", "layers": [1], "mlp": 0.25, "heads": 0.5},
 }
 
 
