@@ -116,31 +116,18 @@ def _phases(recipe: Any, config: Any, block: int) -> dict[str, dict[str, int]]:
     """Bytes each phase holds besides the process: {phase: {term: bytes}}. `block` is the
     largest block in float32 (evaluation holds it so; calibration in its own dtype)."""
     from compress.methods import needs_calibration
-    from compress.numerics.hessian import CAST_CHUNK, IN_PLACE_MIN
 
     text = getattr(config, "text_config", None) or config
     hidden = int(text.hidden_size)
     inter = int(getattr(text, "intermediate_size", 4 * hidden))
     vocab = int(text.vocab_size)
-    widest = max(hidden, inter)
     out: dict[str, dict[str, int]] = {}
     stages = [s for v in recipe.variant_list for s in v.stages if needs_calibration(s)]
-    if stages:
-        cal = recipe.calibration
-        c = max(_calib_bytes(s) for s in stages)
-        batch = min(max(getattr(s, "batch_size", 8) for s in stages), cal.samples)
-        inputs = cal.samples * cal.seq_len * hidden * c  # every sample's layer inputs
-        mlp = 3 * batch * cal.seq_len * inter * c  # one chunk's MLP activations
-        cast = batch * cal.seq_len * widest * 4  # a chunk's inputs in float32 for H
-        if widest >= IN_PLACE_MIN:
-            cast = min(cast, CAST_CHUNK * 4)  # cast a few rows at a time (hessian_update)
-        shapes = (hidden, inter, c, mlp + cast)
-        work = max(_method_bytes(s.method, *shapes) for s in stages)
-        out["calibration"] = {
-            "layer": block * c // 4,
-            "layer inputs": inputs,
-            "statistics, solve or next inputs": max(work, inputs + mlp),
-        }
+    if stages:  # stages run one after another: the one that holds most sets the peak
+        out["calibration"] = max(
+            (_calibration_terms(s, recipe.calibration, block, hidden, inter) for s in stages),
+            key=lambda t: sum(t.values()),
+        )
     ev = recipe.eval.wikitext2
     if ev is not None:
         seq = ev.seq_len or min(2048, int(getattr(text, "max_position_embeddings", 2048)))
@@ -151,7 +138,29 @@ def _phases(recipe: Any, config: Any, block: int) -> dict[str, dict[str, int]]:
     return out
 
 
-def _method_bytes(method: str, hidden: int, inter: int, c: int, chunk: int) -> int:
+def _calibration_terms(stage: Any, cal: Any, block: int, hidden: int, inter: int) -> dict:
+    """What one calibrated stage holds besides the process, in its own calibration dtype and
+    batch: the layer, every sample's layer inputs, and the larger of its working set and the
+    next inputs with one chunk's MLP activations."""
+    from compress.numerics.hessian import CAST_CHUNK, IN_PLACE_MIN
+
+    c = _calib_bytes(stage)
+    batch = min(getattr(stage, "batch_size", 8), cal.samples)
+    widest = max(hidden, inter)
+    inputs = cal.samples * cal.seq_len * hidden * c  # every sample's layer inputs
+    mlp = 3 * batch * cal.seq_len * inter * c  # one chunk's MLP activations
+    cast = batch * cal.seq_len * widest * 4  # a chunk's inputs in float32 for H
+    if widest >= IN_PLACE_MIN:
+        cast = min(cast, CAST_CHUNK * 4)  # cast a few rows at a time (hessian_update)
+    work = _method_bytes(stage, hidden, inter, c, mlp + cast)
+    return {
+        "layer": block * c // 4,
+        "layer inputs": inputs,
+        "statistics, solve or next inputs": max(work, inputs + mlp),
+    }
+
+
+def _method_bytes(stage: Any, hidden: int, inter: int, c: int, chunk: int) -> int:
     """A calibrated method's working set in one layer besides its inputs: what it collects
     while one chunk of activations (`chunk` bytes) passes, or what its solve holds.
 
@@ -161,11 +170,14 @@ def _method_bytes(method: str, hidden: int, inter: int, c: int, chunk: int) -> i
     groups packed so far; packing goes 1024 rows at a time after H is freed. awq: the Gram
     matrix of every input stream at once (three of the hidden width, one of the MLP width)
     and the searched group's weights with fake-quantized copies.
-    wanda / smoothquant / structured: per-channel statistics only, and the group's weights
-    quantized (structured: sliced copies of gate and up)."""
+    structured: per-channel sums while scoring (its layer outputs are counted as the next
+    inputs are), then the sliced copies of a layer's Linears beside the layer itself (the
+    share of channels and KV groups it keeps; attention counted as four square matrices).
+    wanda / smoothquant: per-channel statistics only, and the group's weights quantized."""
     from compress.numerics.gptq import ROW_CHUNK
     from compress.numerics.hessian import IN_PLACE_MIN
 
+    method = stage.method
     group = 2 * inter * hidden  # the widest group: gate+up stacked
     if method in ("gptq", "sparsegpt"):
         temps = 8 * min(ROW_CHUNK, group) * 4  # float32 working copies of one row chunk
@@ -184,6 +196,9 @@ def _method_bytes(method: str, hidden: int, inter: int, c: int, chunk: int) -> i
         return max(collect, solve)
     if method == "awq":
         return (3 * hidden**2 + inter**2) * 4 + chunk + 3 * group * 4
+    if method == "structured":  # the sliced copies: what the stage keeps of each Linear
+        kept_attn, kept_mlp = 1 - (stage.heads or 0), 1 - (stage.mlp or 0)
+        return max(chunk, int((4 * hidden**2 * kept_attn + 3 * inter * hidden * kept_mlp) * c))
     return chunk + 2 * group * 4
 
 

@@ -98,3 +98,28 @@ def test_needs_safetensors(tmp_path, tiny_model_dir, monkeypatch):
     gguf = ModelSource(spec="x.gguf", kind="gguf", path=tmp_path, gguf_file="x.gguf")
     with pytest.raises(BadInput, match="safetensors"):
         budget.plan(recipe(tiny_model_dir), gguf, cap=GiB)
+
+
+def test_stages_are_estimated_each_in_its_own_dtype_and_batch():
+    """Stages run one after another: the calibration estimate is the largest single stage's,
+    not one stage's dtype mixed with another's working set (structured scores in float32,
+    GPTQ calibrates in bfloat16 by default)."""
+    from compress.recipe import Calibration
+    from compress.testing import tiny_llama_config
+
+    cfg = tiny_llama_config(hidden_size=256, intermediate_size=1024)
+    cal = Calibration(samples=8, seq_len=64)
+    block = 10 * 2**20
+    pruning = {"method": "structured", "mlp": 0.25}
+    gptq = {"method": "gptq", "bits": 4, "group_size": 32, "compute_dtype": "bfloat16"}
+    both = Recipe.model_validate(
+        {"name": "t", "model": "x", "stages": [pruning, gptq],
+         "calibration": cal.model_dump(), "profile": {"enabled": False}}
+    )  # fmt: skip
+    terms = budget._phases(both, cfg, block)["calibration"]
+    each = [budget._calibration_terms(s, cal, block, 256, 1024) for s in both.stages]
+    assert terms == max(each, key=lambda t: sum(t.values()))
+    assert each[0]["layer"] == block and each[1]["layer"] == block // 2  # float32, bfloat16
+    # structured's working set is what it keeps of each Linear (3/4 of the MLP here)
+    kept = (4 * 256**2 + 3 * 1024 * 256 * 0.75) * 4
+    assert budget._method_bytes(both.stages[0], 256, 1024, 4, 1) == int(kept)
