@@ -136,7 +136,9 @@ def _read_recipe(path: Path):
 def apply(
     recipe: Path = typer.Argument(..., help="YAML recipe, e.g. recipes/int4.yaml"),
     out_dir: Path = typer.Option(Path("reports"), "--out", help="Folder for reports/<name>/<UTC>/"),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
+    device: str = typer.Option(
+        "auto", help="auto, cpu, cuda (several GPUs: the model spread over them) or cuda:N"
+    ),
     quick: bool = typer.Option(False, "--quick", help="Few eval windows and repeats (minutes)."),
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="Local eval data (else $COMPRESS_DATA_DIR, hub)."

@@ -46,6 +46,7 @@ class ModelHandle:
     device: str
     stages: list[dict[str, Any]] = field(default_factory=list)  # what each stage did
     runtime: str = "torch"  # what executes `model`: "torch" or e.g. "onnxruntime"
+    placement: list[dict[str, Any]] | None = None  # per GPU what it holds (compress.placement)
 
     @property
     def max_positions(self) -> int | None:

@@ -266,7 +266,12 @@ def load(
 
             dequant.store(entry, model, tokenizer)
     model.eval()
-    if device != "cpu":
+    placement = None
+    if device == "cuda" and torch.cuda.device_count() > 1:  # layers over the visible GPUs
+        from compress.placement import place
+
+        placement = place(model)
+    elif device != "cpu":
         model.to(device)
     logger.info(
         "loaded %s (%s, %s on %s) in %.1f s",
@@ -276,7 +281,8 @@ def load(
         device,
         time.perf_counter() - start,
     )
-    return ModelHandle(model=model, tokenizer=tokenizer, source=source, dtype=dtype, device=device)
+    return ModelHandle(model=model, tokenizer=tokenizer, source=source, dtype=dtype, device=device,
+                       placement=placement)  # fmt: skip
 
 
 def _dequant_entry(source: ModelSource, dtype: str) -> Any:

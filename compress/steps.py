@@ -8,7 +8,6 @@ touching the others.
 
 from __future__ import annotations
 
-import copy
 import gc
 import logging
 import shutil
@@ -21,6 +20,7 @@ from compress.checks import check_finite_output
 from compress.data import token_windows
 from compress.errors import stage_errors
 from compress.handle import ModelHandle, ModelSource
+from compress.placement import copy_model
 from compress.recipe import Recipe, Variant
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,8 @@ def load(st: RunState) -> None:
             device=st.device,
             trust_remote_code=st.recipe.trust_remote_code,
         )
+        if st.base.placement is not None:  # several GPUs: what runs where, in the report
+            st.run["placement"] = st.base.placement
     ev = st.recipe.eval
     if st.text is not None:
         seq_len = ev.wikitext2.seq_len or min(2048, st.base.max_positions or 2048)
@@ -157,7 +159,7 @@ def _compress_variant(st: RunState, v: VariantRun, calibration) -> None:
     v.handle = comp = ModelHandle(
         model=streamed.new_variant(base, scratch / "layers")
         if st.streamed
-        else copy.deepcopy(base.model),
+        else copy_model(base.model),
         tokenizer=base.tokenizer,
         source=base.source,
         dtype=base.dtype,

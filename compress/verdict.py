@@ -11,6 +11,7 @@ from compress.data import WIKITEXT2_DEFINITION
 from compress.environment import environment
 from compress.handle import ModelHandle
 from compress.metrics import definitions
+from compress.placement import notes as placement_notes
 from compress.report.io import atomic_write_text, utc_stamp
 from compress.report.schema import Comparison, Measurement, Report, RunRecord, VariantResult
 from compress.steps import RunState, VariantRun
@@ -60,7 +61,7 @@ def judge(st: RunState) -> Report:
         baseline=baseline,
         variants=results,
         exit_code=exit_code([g for r in results for g in r.gates]),  # the worst
-        notes=run_notes(base, st.quick, st.data) + memory_notes(st.run),
+        notes=run_notes(base, st.quick, st.data) + memory_notes(st.run) + placement_notes(st.run),
     )
 
 

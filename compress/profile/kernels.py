@@ -106,7 +106,9 @@ def apply_policy(model: nn.Module, policy: dict[str, Any] | None) -> None:
 
 def _sync(device: str) -> None:
     if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+        from compress.placement import sync_all
+
+        sync_all()
 
 
 def _best_ms(fn: Callable[[], Any], device: str, repeats: int, warmup: int = 1) -> float:

@@ -82,9 +82,9 @@ class _Timer:
     def collect(self) -> list[float]:
         """All region times in ms (synchronizes the GPU first)."""
         if self.cuda:
-            import torch
+            from compress.placement import sync_all
 
-            torch.cuda.synchronize()
+            sync_all()  # a model over several GPUs ends its step on the last
             self.ms.extend(s.elapsed_time(e) for s, e in self._pending)
             self._pending.clear()
         return self.ms

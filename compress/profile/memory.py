@@ -121,7 +121,8 @@ class CudaPeaks:
 
 @contextlib.contextmanager
 def cuda_memory(device: Any = None) -> Iterator[CudaPeaks]:
-    """Reset torch's CUDA peak statistics, run the block, then read the peaks (bytes).
+    """Reset torch's CUDA peak statistics, run the block, then read the peaks (bytes), of
+    `device` ('cuda:N') or summed over every visible GPU ('cuda').
 
     Only for CUDA runs; the fields stay None when CUDA is not available.
     """
@@ -131,14 +132,27 @@ def cuda_memory(device: Any = None) -> Iterator[CudaPeaks]:
     if not torch.cuda.is_available():
         yield peaks
         return
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
+    devices = gpus(device, torch.cuda.device_count())
+    for d in devices:
+        torch.cuda.synchronize(d)
+        torch.cuda.reset_peak_memory_stats(d)
     try:
         yield peaks
     finally:
-        torch.cuda.synchronize(device)
-        peaks.peak_allocated = int(torch.cuda.max_memory_allocated(device))
-        peaks.peak_reserved = int(torch.cuda.max_memory_reserved(device))
+        for d in devices:
+            torch.cuda.synchronize(d)
+        # summed over the GPUs (this process's own allocations; a model on one GPU adds 0
+        # from the others)
+        peaks.peak_allocated = sum(int(torch.cuda.max_memory_allocated(d)) for d in devices)
+        peaks.peak_reserved = sum(int(torch.cuda.max_memory_reserved(d)) for d in devices)
+
+
+def gpus(device: Any, count: int) -> list[int]:
+    """The GPU indices a peak is read on: the one named ('cuda:1'), else every visible GPU
+    ('cuda', None: a model may span several)."""
+    text = str(device) if device is not None else "cuda"
+    index = text.partition(":")[2]
+    return [int(index)] if index else list(range(count))
 
 
 def _leaf_tensors(t: Any) -> Iterator[Any]:
