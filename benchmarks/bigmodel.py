@@ -21,6 +21,7 @@ figures meaningless as quality; they only need to agree.
     python benchmarks/bigmodel.py                 # both runs (reports/benchmarks/bigmodel/runs)
     python benchmarks/bigmodel.py --only streamed
     python benchmarks/bigmodel.py --only streamed --stages structured-gptq
+    python benchmarks/bigmodel.py --only memory --stages structured-gptq --reuse-streamed JSON
 
 `--stages structured-gptq` puts structured pruning first (one of the 4 layers dropped by score,
 the first and last protected, and a quarter of the MLP channels in steps of 128, so that GPTQ's
@@ -166,6 +167,12 @@ def main() -> int:
         default=None,
         help="an earlier bigmodel JSON whose in-memory run to compare with (not run again)",
     )
+    ap.add_argument(
+        "--reuse-streamed",
+        type=Path,
+        default=None,
+        help="an earlier bigmodel JSON whose streamed run to compare with (not run again)",
+    )
     ap.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--json", type=Path, default=REPO / "reports" / "benchmarks" / "bigmodel")
     args = ap.parse_args()
@@ -177,7 +184,12 @@ def main() -> int:
     recipe_path = args.out / f"{r['name']}.yaml"
     recipe_path.write_text(yaml.safe_dump(r, sort_keys=False))
     runs = {}
-    if args.only in (None, "streamed"):
+    if args.reuse_streamed is not None:
+        earlier = json.loads(args.reuse_streamed.read_text())
+        if earlier["recipe"] != r:
+            raise SystemExit(f"{args.reuse_streamed}: made by another recipe")
+        runs["streamed"] = dict(earlier["runs"]["streamed"], reused_from=str(args.reuse_streamed))
+    elif args.only in (None, "streamed"):
         for cap in CAPS:
             res = one(args.out, recipe_path, r["name"], cap, args.data_dir)
             runs[f"streamed-{cap}"] = res
