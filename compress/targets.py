@@ -127,7 +127,8 @@ def select_linears(
             f"group_size {group_size}",
             group_size,
             "Pick a group size that divides them (e.g. 32 or 64 for SmolLM2's 576), "
-            "or add those layers to ignore.",
+            "or add those layers to ignore; after structured pruning, remove MLP channels in "
+            f"steps of the group size (structured.mlp_multiple: {group_size}).",
         )
     if divisor:
         what, d, fix = divisor
