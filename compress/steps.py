@@ -130,6 +130,7 @@ def compress(st: RunState) -> None:
     each artifact saved; host kernels chosen. Calibration data is loaded once, if needed."""
     from compress.calibration.calibrate import load_calibration
     from compress.methods import needs_calibration
+    from compress.methods.compose import check_widths
 
     held: dict = {}
 
@@ -139,6 +140,8 @@ def compress(st: RunState) -> None:
             st.data.append(held["set"].provenance)
         return held["set"]
 
+    for v in st.variants:  # the widths one stage leaves for the next, before any stage runs
+        check_widths(st.base.model, v.spec.stages, f"{v.path}stages")
     for v in st.variants:
         needed = any(needs_calibration(s) for s in v.spec.stages)
         _compress_variant(st, v, calibration if needed else None)

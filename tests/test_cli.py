@@ -340,6 +340,29 @@ def test_group_size_that_does_not_divide_is_bad_input(tmp_path, tiny_model_dir, 
     assert res.exit_code == 2, res.output
 
 
+def test_a_width_structured_leaves_for_a_later_group_is_refused_before_any_stage_runs(
+    tmp_path, tiny_model_dir, tiny_data_dir, monkeypatch
+):
+    import dataclasses
+
+    from compress.methods import METHODS
+
+    ran = []
+    fake = dataclasses.replace(METHODS["structured"], apply=lambda ctx, cfg: ran.append(cfg))
+    monkeypatch.setitem(METHODS, "structured", fake)
+    calib = tmp_path / "calib.txt"
+    calib.write_text("Calibration text that is not the test split. " * 400)
+    stages = [{"method": "structured", "mlp": 0.25}, {"method": "gptq", "group_size": 64}]
+    res, run_dir = _apply_tiny(
+        tmp_path, tiny_model_dir, tiny_data_dir, stages=stages,
+        calibration={"dataset": str(calib), "samples": 2, "seq_len": 16},
+    )  # fmt: skip
+    assert res.exit_code == 2, res.output
+    said = " ".join(res.output.split())
+    assert "stages.1.group_size 64 does not divide the 96" in said and "mlp_multiple" in said
+    assert ran == [] and _failure(run_dir)["exit_code"] == 2  # nothing ran
+
+
 @pytest.mark.parametrize(
     ("stage", "expected"),
     [
