@@ -86,8 +86,10 @@ def describe(model: Any, dmap: dict[str, int]) -> list[dict[str, Any]]:
                                  "weight_bytes": 0})  # fmt: skip
         mod = model.get_submodule(name)
         d["weight_bytes"] += sum(p.numel() * p.element_size() for p in mod.parameters())
-        if name == prefix:
+        if name == "" or name == prefix:  # the whole model, or every layer, on one GPU
             d["decoder_layers"] += list(range(len(layers)))
+            if name == "":
+                d["modules"].append("the rest of the model")
         elif name.startswith(prefix + "."):
             d["decoder_layers"].append(int(name[len(prefix) + 1 :].split(".")[0]))
         else:

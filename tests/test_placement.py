@@ -27,6 +27,10 @@ def layer_bytes(model) -> int:
 def test_a_model_that_fits_on_the_first_gpu_stays_there(model):
     dmap = placement.plan(model, {0: 10 * weight_bytes(model), 1: 10 * weight_bytes(model)})
     assert set(dmap.values()) == {0}
+    (where,) = placement.describe(model, dmap)
+    assert where["decoder_layers"] == list(range(LAYERS))
+    assert where["weight_bytes"] == weight_bytes(model)
+    assert placement.summary([where]).startswith(f"cuda:0 layers 0-{LAYERS - 1} + the rest")
 
 
 def test_a_larger_model_spills_whole_layers_onto_the_next_gpu(model):

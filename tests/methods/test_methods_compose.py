@@ -13,6 +13,8 @@ from compress.methods.rtn import RTNConfig
 from compress.methods.structured import StructuredConfig
 from compress.testing import tiny_llama
 
+DOWN = "re:.*down_proj"
+
 
 @pytest.fixture(scope="module")
 def model():  # hidden 64, intermediate 128, 4 heads of 16 in 2 KV groups
@@ -39,7 +41,7 @@ def test_heads_left_that_the_group_does_not_divide(model):
     [
         [StructuredConfig(mlp=0.25, mlp_multiple=64), GPTQConfig(group_size=64)],  # 128 -> 64
         [StructuredConfig(mlp=0.25), GPTQConfig(group_size=32)],  # 96 = 3 x 32
-        [StructuredConfig(mlp=0.25), GPTQConfig(group_size=64, ignore=["lm_head", "re:.*down_proj"])],
+        [StructuredConfig(mlp=0.25), GPTQConfig(group_size=64, ignore=["lm_head", DOWN])],
         [GPTQConfig(group_size=64), StructuredConfig(mlp=0.25)],  # quantized first: not after
         [StructuredConfig(layers=[1]), GPTQConfig(group_size=64)],  # depth leaves widths alone
         [StructuredConfig(mlp=0.25), RTNConfig(bits=8, group_size=None)],  # per channel
