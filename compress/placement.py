@@ -81,11 +81,15 @@ def describe(model: Any, dmap: dict[str, int]) -> list[dict[str, Any]]:
 
     prefix, layers = decoder_layers(model)
     out: dict[int, dict[str, Any]] = {}
+    seen: set[int] = set()  # a tied weight (embedding = lm_head) counted once
     for name, dev in dmap.items():
         d = out.setdefault(dev, {"device": f"cuda:{dev}", "decoder_layers": [], "modules": [],
                                  "weight_bytes": 0})  # fmt: skip
         mod = model.get_submodule(name)
-        d["weight_bytes"] += sum(p.numel() * p.element_size() for p in mod.parameters())
+        for p in mod.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                d["weight_bytes"] += p.numel() * p.element_size()
         if name == "" or name == prefix:  # the whole model, or every layer, on one GPU
             d["decoder_layers"] += list(range(len(layers)))
             if name == "":

@@ -52,6 +52,13 @@ def test_a_larger_model_spills_whole_layers_onto_the_next_gpu(model):
     assert text.startswith("cuda:0 ") and "; cuda:1 " in text and "GiB" in text
 
 
+def test_a_tied_embedding_is_counted_once():
+    tied = tiny_llama(0, num_hidden_layers=LAYERS, tie_word_embeddings=True)
+    total = weight_bytes(tied)
+    where = placement.describe(tied, placement.plan(tied, {0: total // 2, 1: total}))
+    assert sum(d["weight_bytes"] for d in where) == total
+
+
 def test_a_model_larger_than_the_gpus_is_refused_naming_the_way_out(model):
     small = layer_bytes(model) * 2
     with pytest.raises(BadInput, match="do not fit on the visible GPUs") as e:
