@@ -17,31 +17,27 @@ from compress.errors import BadInput
 
 def _after(cfg: Any, shape: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
     """The shape after structured stage `cfg`, and {Linear name suffix: in_features} it sets."""
-    from compress.methods.structured import ATTN, MLP, _plan
+    from compress.methods.structured import ATTN, MLP, removal_plan, shape_after
 
-    plan = _plan(cfg, shape)  # BadInput for an impossible plan
-    shape, widths = dict(shape), {}
+    plan = removal_plan(cfg, shape)  # BadInput for an impossible plan
+    after = shape_after(plan, shape)
+    widths = {}
     if "mlp_remove" in plan:
-        shape["intermediate_size"] -= plan["mlp_remove"]
-        widths[MLP[2]] = shape["intermediate_size"]
+        widths[MLP[2]] = after["intermediate_size"]
     if "groups_remove" in plan:
-        per_group = shape["num_attention_heads"] // shape["num_key_value_heads"]
-        shape["num_key_value_heads"] -= plan["groups_remove"]
-        shape["num_attention_heads"] = shape["num_key_value_heads"] * per_group
-        widths[ATTN[3]] = shape["num_attention_heads"] * shape["head_dim"]
-    shape["layers"] -= len(plan.get("drop", ())) + plan.get("n_drop", 0)
-    return shape, widths
+        widths[ATTN[3]] = after["num_attention_heads"] * after["head_dim"]
+    return after, widths
 
 
 def check_widths(model: Any, stages: list[Any], where: str) -> None:
     """BadInput when a stage's group_size does not divide an input width that an earlier
     structured stage of the same variant leaves; `where` is the stages' field path."""
-    from compress.methods.structured import StructuredConfig, _shape
+    from compress.methods.structured import StructuredConfig, model_shape
     from compress.targets import linears
 
     if not any(isinstance(s, StructuredConfig) for s in stages):
         return
-    shape = _shape(model)
+    shape = model_shape(model)
     changed: dict[str, tuple[int, int]] = {}  # suffix -> (in_features, structured stage index)
     for i, stage in enumerate(stages):
         if isinstance(stage, StructuredConfig):

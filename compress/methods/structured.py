@@ -96,7 +96,7 @@ MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
 
 
-def _shape(model: nn.Module) -> dict[str, Any]:
+def model_shape(model: nn.Module) -> dict[str, Any]:
     c = model.config
     heads = c.num_attention_heads
     return {
@@ -108,7 +108,7 @@ def _shape(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def _plan(cfg: StructuredConfig, shape: dict[str, Any]) -> dict[str, Any]:
+def removal_plan(cfg: StructuredConfig, shape: dict[str, Any]) -> dict[str, Any]:
     """Counts to remove, checked against the model before anything runs (BadInput)."""
     from compress.numerics.structured import count
 
@@ -147,6 +147,20 @@ def _plan(cfg: StructuredConfig, shape: dict[str, Any]) -> dict[str, Any]:
             )
         plan["groups_remove"] = round(exact)
     return plan
+
+
+def shape_after(plan: dict[str, Any], shape: dict[str, Any]) -> dict[str, Any]:
+    """The shape once `plan` is carried out: widths are uniform across layers and the counts do
+    not depend on the scores, so this is exact before anything runs."""
+    after = dict(shape)
+    if "mlp_remove" in plan:
+        after["intermediate_size"] -= plan["mlp_remove"]
+    if "groups_remove" in plan:
+        per_group = shape["num_attention_heads"] // shape["num_key_value_heads"]
+        after["num_key_value_heads"] -= plan["groups_remove"]
+        after["num_attention_heads"] = after["num_key_value_heads"] * per_group
+    after["layers"] -= len(plan.get("drop", ())) + plan.get("n_drop", 0)
+    return after
 
 
 def _score(handle, cfg: StructuredConfig, calib, plan: dict[str, Any], shape: dict) -> dict:
@@ -252,14 +266,13 @@ def _prune_width(model: nn.Module, records: list[dict], plan: dict, before: dict
             _prune_mlp(layer, rec, plan["mlp_remove"])
         if "groups_remove" in plan:
             kept.append(_prune_heads(layer, rec, plan["groups_remove"], before))
-    cfg = model.config
+    cfg, after = model.config, shape_after(plan, before)
     if "mlp_remove" in plan:
-        cfg.intermediate_size = before["intermediate_size"] - plan["mlp_remove"]
+        cfg.intermediate_size = after["intermediate_size"]
     if not kept:
         return {}
-    per_group = before["num_attention_heads"] // before["num_key_value_heads"]
-    cfg.num_key_value_heads = len(kept[0])
-    cfg.num_attention_heads = len(kept[0]) * per_group
+    cfg.num_key_value_heads = after["num_key_value_heads"]
+    cfg.num_attention_heads = after["num_attention_heads"]
     cfg.head_dim = before["head_dim"]
     return {"kept_kv_groups": kept}
 
@@ -299,8 +312,8 @@ def apply(ctx: StageContext, cfg: StructuredConfig) -> StageRecord:
     calib = require_calibration(ctx.calibration(), "structured", "importance scores")
     if cfg.samples is not None and cfg.samples < calib.input_ids.shape[0]:
         calib = dataclasses.replace(calib, input_ids=calib.input_ids[: cfg.samples])
-    before = _shape(model)
-    plan = _plan(cfg, before)
+    before = model_shape(model)
+    plan = removal_plan(cfg, before)
     records = _score(ctx.model, cfg, calib, plan, before)
     scores = [float(r["angular"]) for r in records]
     details: dict[str, Any] = {"shape_before": before, "layer_scores": scores}
@@ -311,7 +324,7 @@ def apply(ctx: StageContext, cfg: StructuredConfig) -> StageRecord:
     )
     details["dropped_layers"] = drop
     details["kept_layers"] = _drop_layers(model, drop) if drop else list(range(before["layers"]))
-    after = _shape(model)
+    after = model_shape(model)
     details["shape_after"] = after
     summary = ", ".join(f"{k} {before[k]} -> {after[k]}" for k in before if before[k] != after[k])
     return StageRecord.make(
